@@ -1,0 +1,123 @@
+"""What a job inside the container needs to know, as plain JSON-able dataclasses.
+
+The launcher's plan writes one ``JobSpec`` per run (``<run_dir>/jobspec.json``); the job-side entrypoints
+(``python -m recipes.entry {convert,train,export}``) read it back. It is the one contract between the login
+node (no NeMo, no torch) and the container (NeMo). Paths in it are *container* paths.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Recompute = Literal["none", "selective", "full"]
+Attention = Literal["te", "sdpa"]  # te: Transformer Engine (real NGC containers); sdpa: torch SDPA (no TE)
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How the world is split. tp*pp*cp*dp == world size."""
+
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    dp: int = 1
+    mbs: int = 1
+    gbs: int = 1024
+    sequence_parallel: bool = False
+    distributed_optimizer: bool = True
+    virtual_pp: int | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.cp * self.dp
+
+    @property
+    def grad_accum(self) -> int:
+        return self.gbs // (self.mbs * self.dp)
+
+
+@dataclass(frozen=True)
+class Optim:
+    """The seed's CPT optimizer and schedule (AdamW, cosine)."""
+
+    lr: float = 2.5e-5
+    min_lr: float = 2.5e-6
+    warmup_steps: int = 15
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything the train recipe sets explicitly (never the NeMo recipe's pretraining defaults)."""
+
+    model: str = "llama3.1-8b"  # a key of launcher.models.MODELS
+    num_layers: int | None = None  # override (GPU tests on fewer layers); None = the model's own
+    num_nodes: int = 1
+    gpus_per_node: int = 8
+    parallelism: Parallelism = field(default_factory=Parallelism)
+    optim: Optim = field(default_factory=Optim)
+    seq_length: int = 8192
+    max_steps: int = 150
+    val_check_interval: int = 15
+    limit_val_batches: int = 8
+    ckpt_every_n_steps: int = 15
+    precision: Literal["bf16-mixed"] = "bf16-mixed"
+    fp8: bool = False
+    recompute: Recompute = "none"
+    recompute_num_layers: int | None = None
+    optimizer_offload: bool = False
+    offload_fraction: float = 1.0
+    peft: Literal["none", "lora"] = "none"
+    attention: Attention = "te"
+    # data: weighted blend, Megatron style: [w1, prefix1, w2, prefix2, ...] or [prefix]
+    train_data: list[Any] = field(default_factory=list)
+    valid_data: list[Any] = field(default_factory=list)
+    test_data: list[Any] = field(default_factory=list)
+    tokenizer_dir: str = ""  # HF tokenizer directory (the downloaded model dir)
+    base_checkpoint: str = ""  # converted NeMo checkpoint of the base model (restore_config)
+    checkpoint_dir: str = ""  # this run's own checkpoints (resume_if_exists)
+    log_dir: str = ""
+    run_name: str = "cpt"
+    tensorboard: bool = True
+    wandb_project: str | None = None  # WANDB_API_KEY comes from the environment, never from here
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class ConvertSpec:
+    model: str = "llama3.1-8b"
+    hf_model_dir: str = ""
+    output_path: str = ""  # the NeMo checkpoint directory train restores from
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    model: str = "llama3.1-8b"
+    checkpoint_dir: str = ""  # the run's checkpoint dir; the latest checkpoint in it is exported
+    output_path: str = ""
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    train: TrainSpec
+    convert: ConvertSpec
+    export: ExportSpec
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobSpec":
+        d = json.loads(text)
+        t = dict(d["train"])
+        t["parallelism"] = Parallelism(**t["parallelism"])
+        t["optim"] = Optim(**t["optim"])
+        return cls(train=TrainSpec(**t), convert=ConvertSpec(**d["convert"]), export=ExportSpec(**d["export"]))
