@@ -54,7 +54,7 @@ FP8, which would lower them; not counted, so the estimate stays conservative).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from launcher.jobspec import Recompute
@@ -214,7 +214,8 @@ def estimate(model: ModelSpec, cfg: MemoryConfig, coeffs: MemoryCoefficients = D
     if cfg.peft == "lora":
         lora_p = layers * lora_params_per_layer(model, c.lora_rank) / cfg.tp
 
-    best: MemoryEstimate | None = None
+    best: tuple[float, ...] | None = None
+    best_stage = "only"
     for stage in (("only",) if cfg.pp == 1 else ("first", "last")):
         p = _stage_params(model, cfg, stage)
         w = p * c.weight_bytes + (p * c.fp8_weight_bytes if cfg.fp8 else 0.0)
@@ -238,37 +239,20 @@ def estimate(model: ModelSpec, cfg: MemoryConfig, coeffs: MemoryCoefficients = D
         act = layers * stored * n_mb
         if cfg.recompute == "full":
             act += full_layer  # the layer being recomputed during the backward pass
-        lg = logits_b if stage in ("only", "last") else 0.0
+        lg = logits_b if stage != "first" else 0.0
         train_alloc = w + g + opt + act + lg
         setup_alloc = w + g + opt + transient
-        phase: Literal["train", "setup"] = "setup" if setup_alloc > train_alloc else "train"
         alloc = max(train_alloc, setup_alloc)
-        frag = alloc * c.fragmentation
-        total = alloc + frag + c.workspace_gib * GIB
-        est = MemoryEstimate(
-            strategy=strategy,
-            stage=stage,  # type: ignore[arg-type]
-            phase=phase,
-            params_per_rank=int(p),
-            weights_gib=w / GIB,
-            grads_gib=g / GIB,
-            optimizer_gib=opt / GIB,
-            setup_transient_gib=transient / GIB,
-            activations_gib=act / GIB,
-            logits_gib=lg / GIB,
-            allocated_gib=alloc / GIB,
-            fragmentation_gib=frag / GIB,
-            workspace_gib=c.workspace_gib,
-            total_gib=total / GIB,
-            host_gib=host / GIB,
-        )
-        if best is None or est.total_gib > best.total_gib:
-            best = est
+        if best is None or alloc > best[0]:
+            best = (alloc, p, w, g, opt, transient, act, lg, host, float(setup_alloc > train_alloc))
+            best_stage = stage
     assert best is not None  # the loop runs at least once
+    alloc, p, w, g, opt, transient, act, lg, host, setup_phase = best
+    frag = alloc * c.fragmentation
     if strategy == "mcore_cpu_offload":
         notes.append(
             "megatron-core optimizer_cpu_offload allocates an fp32 copy of the parameters on the GPU at optimizer "
-            f"setup ({best.setup_transient_gib:.1f} GiB here) before moving state to the host (measured on the H200)"
+            f"setup ({transient / GIB:.1f} GiB here) before moving state to the host (measured on the H200)"
         )
     if strategy == "host_master":
         notes.append("fp32 master weights and Adam m, v live on the host; the GPU holds bf16 weights and bf16 grads")
@@ -276,6 +260,23 @@ def estimate(model: ModelSpec, cfg: MemoryConfig, coeffs: MemoryCoefficients = D
         notes.append("fp8: bf16 weights and fp32 master stay; TE's FP8 weight copies add ~1 B/param")
     if cfg.distributed_optimizer and shard > 1:
         notes.append(f"optimizer state sharded over DP x CP = {shard} ranks (megatron-core's data-parallel group with CP)")
-    if best.phase == "setup":
+    if setup_phase:
         notes.append("the peak is at optimizer setup, not during a training step")
-    return replace(best, notes=tuple(notes))
+    return MemoryEstimate(
+        strategy=strategy,
+        stage=best_stage,  # type: ignore[arg-type]
+        phase="setup" if setup_phase else "train",
+        params_per_rank=int(p),
+        weights_gib=w / GIB,
+        grads_gib=g / GIB,
+        optimizer_gib=opt / GIB,
+        setup_transient_gib=transient / GIB,
+        activations_gib=act / GIB,
+        logits_gib=lg / GIB,
+        allocated_gib=alloc / GIB,
+        fragmentation_gib=frag / GIB,
+        workspace_gib=c.workspace_gib,
+        total_gib=(alloc + frag) / GIB + c.workspace_gib,
+        host_gib=host / GIB,
+        notes=tuple(notes),
+    )
