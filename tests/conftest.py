@@ -1,0 +1,3 @@
+"""Shared pytest configuration: fixture modules loaded as plugins."""
+
+pytest_plugins = ["tests.fixtures.real_data"]
