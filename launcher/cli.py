@@ -1,0 +1,307 @@
+"""The ``cpt-launch`` command line.
+
+stdout carries results (the plan, scripts, job ids, JSON with --json); progress and logs go to stderr.
+Exit codes: 0 ok, 2 usage/config error (nothing submitted), 3 submission failed, 4 a job failed (--wait).
+Nothing heavy is imported here: nemo_run loads only inside a backend's submit, NeMo and torch never.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from launcher import __version__
+from launcher.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SUBMIT, EXIT_USAGE, ConfigError, Problem
+
+SUBCOMMANDS = ("plan", "submit", "check", "status", "logs", "cancel", "tokenize")
+CODE_DIR = str(Path(__file__).resolve().parent.parent)
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", "-c", required=True, help="profile name in clusters/ or a path to a YAML file")
+    g = p.add_argument_group("run")
+    g.add_argument("--nodes", type=int, help="nodes for the train stage (re-derives parallelism)")
+    g.add_argument("--max-steps", type=int, help="training steps (default 150)")
+    g.add_argument("--gbs", type=int, help="global batch size in sequences (default 1024)")
+    g.add_argument("--mbs", type=int, help="micro batch size per GPU (default: the planner's choice)")
+    g.add_argument("--seq-length", type=int, help="sequence length (default 8192)")
+    g.add_argument("--data", action="append", default=[], metavar="GLOB|PREFIX",
+                   help="training data: JSONL files/globs (tokenized first) or prepared ..._text_document prefixes; "
+                        "repeatable; relative paths are under the profile's data area")
+    g.add_argument("--valid-data", action="append", default=[], metavar="GLOB|PREFIX", help="validation data")
+    g.add_argument("--model", help="model name (llama3.1-8b, llama3.2-1b, llama3.1-70b)")
+    g.add_argument("--model-dir", help="an existing HF model directory (host path) instead of downloading")
+    g.add_argument("--num-layers", type=int, help="train only this many layers (tests and benchmarks)")
+    g.add_argument("--container-image", help="container image (overrides the profile's)")
+    g.add_argument("--run-name", help="name of the run directory (default cpt-<cluster>-<time>)")
+    g.add_argument("--ckpt-every", type=int, dest="ckpt_every_n_steps", help="checkpoint every N steps (default 15)")
+    g.add_argument("--attention", choices=("te", "sdpa", "auto"), help="attention kernel (default: the profile's)")
+    k = p.add_argument_group("parallelism and memory (pin a knob; the planner chooses the rest)")
+    k.add_argument("--tp", type=int, help="tensor parallel size")
+    k.add_argument("--pp", type=int, help="pipeline parallel size")
+    k.add_argument("--cp", type=int, help="context parallel size")
+    k.add_argument("--recompute", choices=("none", "selective", "full"), help="activation recompute")
+    k.add_argument("--optimizer-offload", choices=("auto", "on", "off"), default="auto",
+                   help="optimizer state in host memory")
+    k.add_argument("--peft", choices=("none", "lora"), default="none",
+                   help="lora = a different experiment (adapters, not full-parameter CPT)")
+    k.add_argument("--fp8", action="store_true", help="FP8 training (Transformer Engine)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    o.add_argument("--explain", action="store_true", help="show the planner's candidates and why it chose")
+
+
+def build_parser(tokenize_args: bool = False) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="cpt-launch",
+        description="Continual pretraining of Llama-3.1-8B on Japanese text with NeMo 2: plan, check and submit "
+                    "the whole pipeline (download, convert, tokenize, train, export) to Slurm, Docker or one node.",
+        epilog="examples:\n  cpt-launch --cluster dgx-h100 --nodes 4 --dry-run\n"
+               "  cpt-launch --cluster dgx-h100 --nodes 4\n  cpt-launch status RUN\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--version", action="version", version=f"cpt-launch {__version__}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    sp = sub.add_parser("submit", help="plan, check and submit the pipeline (the default command)")
+    _plan_args(sp)
+    sp.add_argument("--dry-run", action="store_true", help="print the plan and every script; touch nothing")
+    sp.add_argument("--wait", action="store_true", help="wait for the run to finish; exit 4 if a stage failed")
+    sp.add_argument("--resume", action="store_true", help="continue an existing run of this name")
+    sp.add_argument("--fresh", action="store_true", help="start over: move the run's checkpoints aside first")
+    pp = sub.add_parser("plan", help="print the plan and every stage's script (a dry run)")
+    _plan_args(pp)
+    cp = sub.add_parser("check", help="run the pre-flight checks only")
+    _plan_args(cp)
+    for name, hlp in (("status", "show a run's stages and states"), ("cancel", "cancel a run's unfinished stages"),
+                      ("logs", "print a stage's log")):
+        s = sub.add_parser(name, help=hlp)
+        s.add_argument("run", metavar="RUN", help="run name or run directory")
+        s.add_argument("--cluster", "-c", help="the run's profile (to find its run directory by name)")
+        if name == "status":
+            s.add_argument("--json", action="store_true")
+        if name == "logs":
+            s.add_argument("--stage", help="stage (default: the latest one that started)")
+            s.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows")
+    tp = sub.add_parser("tokenize", help="JSONL -> Megatron .bin/.idx (the data stage)")
+    if tokenize_args:  # its module imports numpy/tokenizers: only when that subcommand runs
+        from launcher.data import cli as data_cli
+
+        data_cli.add_arguments(tp)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    original = list(args_list)
+    if args_list and args_list[0] not in SUBCOMMANDS and args_list[0] not in ("-h", "--help", "--version"):
+        args_list.insert(0, "submit")  # `cpt-launch --cluster X` means submit
+    ap = build_parser(tokenize_args=bool(args_list) and args_list[0] == "tokenize")
+    args = ap.parse_args(args_list)
+    if args.cmd is None:
+        ap.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.cmd == "tokenize":
+            from launcher.data import cli as data_cli
+
+            return int(data_cli.run(args))
+        if args.cmd in ("status", "logs", "cancel"):
+            return _run_cmd(args)
+        return _plan_cmd(args, original)
+    except ConfigError as e:
+        for p in e.problems:
+            print(f"cpt-launch: {p}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _overrides(args: argparse.Namespace) -> Any:
+    from launcher.plan import Overrides
+
+    resume = "resume" if getattr(args, "resume", False) else "fresh" if getattr(args, "fresh", False) else "auto"
+    return Overrides(
+        nodes=args.nodes, max_steps=args.max_steps, gbs=args.gbs, mbs=args.mbs, seq_length=args.seq_length,
+        data=tuple(args.data), valid_data=tuple(args.valid_data), model=args.model, model_dir=args.model_dir,
+        container_image=args.container_image, run_name=args.run_name, num_layers=args.num_layers, tp=args.tp,
+        pp=args.pp, cp=args.cp, recompute=args.recompute, optimizer_offload=args.optimizer_offload, peft=args.peft,
+        fp8=args.fp8, attention=args.attention, ckpt_every_n_steps=args.ckpt_every_n_steps, resume=resume,
+    )
+
+
+def make_plan(args: argparse.Namespace, argv: list[str]) -> Any:
+    from launcher.plan import PlanContext, build_plan
+    from launcher.profiles import load_profile
+
+    profile = load_profile(args.cluster)
+    ctx = PlanContext(code_dir=CODE_DIR, command="cpt-launch " + shlex.join(argv),
+                      run_name=f"cpt-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return build_plan(profile, _overrides(args), ctx)
+
+
+def _plan_cmd(args: argparse.Namespace, argv: list[str]) -> int:
+    from launcher.plan import plan_json_text, plan_summary
+
+    if getattr(args, "resume", False) and getattr(args, "fresh", False):
+        raise ConfigError([Problem("error", "--resume/--fresh", "give one of them, not both")])
+    plan = make_plan(args, argv)
+    problems = list(plan.problems) + _preflight(plan, args)
+    dry = args.cmd in ("plan", "check") or getattr(args, "dry_run", False)
+    errors = [p for p in problems if p.severity == "error"]
+    if args.json and dry:
+        d = plan.to_json()
+        d["problems"] = [p.to_json() for p in problems]
+        print(json.dumps(d, indent=2))
+    elif dry and args.cmd != "check":
+        sys.stdout.write(plan_summary(plan))
+        if args.explain and plan.explain_table:
+            sys.stdout.write("\n" + plan.explain_table + "\n")
+        for s in plan.stages:
+            if s.skip_reason:
+                continue
+            sys.stdout.write(f"\n# ===== stage {s.name}: {s.script_path} =====\n{s.script}")
+    for p in problems:
+        if not args.json:
+            print(f"cpt-launch: {p}", file=sys.stderr)
+    if args.cmd == "check" and not args.json:
+        print(f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s)")
+    if errors:
+        return EXIT_USAGE
+    if dry:
+        return EXIT_OK
+    return _submit(plan, args)
+
+
+def _preflight(plan: Any, args: argparse.Namespace) -> list[Problem]:
+    try:
+        from launcher import preflight
+    except ImportError:  # TEMPORARY until launcher/preflight.py lands
+        return []
+    return list(preflight.check_plan(plan, env=dict(os.environ)))
+
+
+def backend_for(plan: Any) -> str:
+    ex = plan.profile.executor
+    return {"slurm": "nemo-run-slurm", "docker": "nemo-run-docker"}.get(ex, "nemo-run-local")
+
+
+def _submit(plan: Any, args: argparse.Namespace) -> int:
+    from launcher.executors import get_backend
+    from launcher.manifest import write_run_dir
+
+    backend = get_backend(backend_for(plan))
+    manifest = write_run_dir(plan, backend.name)
+    print(f"[cpt-launch] run {plan.run}: {plan.run_dir} ({backend.name})", file=sys.stderr)
+    try:
+        manifest = backend.submit(plan, manifest)
+    except KeyboardInterrupt:
+        print("[cpt-launch] interrupted", file=sys.stderr)
+        return EXIT_SUBMIT
+    except Exception as e:  # the scheduler or nemo_run said no: report it, keep the run dir for inspection
+        print(f"cpt-launch: submission failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_SUBMIT
+    print(f"run {plan.run}")
+    for name, rec in manifest.stages.items():
+        print(f"{name} {rec.job_id or '-'} {rec.state}")
+    if any(r.state in ("FAILED", "CANCELLED") for r in manifest.stages.values()):
+        return EXIT_JOB_FAILED
+    if getattr(args, "wait", False):
+        return _wait(manifest, backend)
+    return EXIT_OK
+
+
+def _wait(manifest: Any, backend: Any, poll: float = 2.0) -> int:
+    from launcher.executors.base import OK_STATES, TERMINAL
+
+    while True:
+        manifest = backend.refresh(manifest)
+        states = {n: r.state for n, r in manifest.stages.items()}
+        if any(s in TERMINAL and s not in OK_STATES for s in states.values()):
+            # afterok: the rest can never start; Slurm leaves them pending (DependencyNeverSatisfied)
+            backend.cancel(manifest)
+            print(f"[cpt-launch] run {manifest.run} failed: {states}", file=sys.stderr)
+            return EXIT_JOB_FAILED
+        if all(s in OK_STATES for s in states.values()):
+            return EXIT_OK
+        time.sleep(poll)
+
+
+def _run_roots(cluster: str | None) -> list[str]:
+    from launcher.profiles import available_profiles, load_profile
+
+    names = [cluster] if cluster else available_profiles()
+    roots = []
+    for n in names:
+        try:
+            roots.append(load_profile(n).storage.runs.host)
+        except ConfigError:
+            if cluster:
+                raise
+    return roots
+
+
+def _run_cmd(args: argparse.Namespace) -> int:
+    from launcher.executors import get_backend
+    from launcher.manifest import find_run
+
+    manifest = find_run(args.run, _run_roots(args.cluster))
+    backend = get_backend(manifest.backend)
+    if args.cmd == "status":
+        manifest = backend.refresh(manifest)
+        if args.json:
+            print(json.dumps(manifest.to_json(), indent=2))
+        else:
+            print(f"run {manifest.run} ({manifest.cluster}, {manifest.backend}) {manifest.run_dir}")
+            for name, r in manifest.stages.items():
+                print(f"  {name:9s} {r.job_id or '-':>10s}  {r.state}")
+        return EXIT_OK
+    if args.cmd == "cancel":
+        done = backend.cancel(manifest)
+        print("cancelled: " + (", ".join(done) if done else "nothing (all stages had finished)"))
+        return EXIT_OK
+    # logs
+    manifest = backend.refresh(manifest)
+    if args.stage:
+        if args.stage not in manifest.stages:
+            raise ConfigError([Problem("error", "--stage", f"stage={args.stage}: allowed: "
+                                                            f"{', '.join(manifest.stages)}")])
+        rec = manifest.stages[args.stage]
+    else:
+        started = [r for r in manifest.stages.values() if r.state not in ("PENDING", "CANCELLED")]
+        rec = started[-1] if started else next(iter(manifest.stages.values()))
+    return _print_log(rec, backend, manifest, args.follow)
+
+
+def _print_log(rec: Any, backend: Any, manifest: Any, follow: bool) -> int:
+    from launcher.executors.base import TERMINAL
+
+    path = Path(rec.log)
+    pos = 0
+    while True:
+        if path.is_file():
+            with open(path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+                pos += len(chunk)
+            sys.stdout.write(chunk.decode("utf-8", "replace"))
+            sys.stdout.flush()
+        elif not follow:
+            print(f"cpt-launch: stage {rec.name} has no log yet ({path}); state {rec.state}", file=sys.stderr)
+            return EXIT_OK
+        if not follow:
+            return EXIT_OK
+        manifest = backend.refresh(manifest)
+        if manifest.stages[rec.name].state in TERMINAL and path.is_file() and path.stat().st_size == pos:
+            return EXIT_OK
+        time.sleep(1.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Slurm through nemo_run's SlurmExecutor: one sbatch per stage, chained afterok, Pyxis flags on srun."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from launcher.executors.base import TERMINAL, Backend
+from launcher.manifest import Manifest
+from launcher.plan import LaunchPlan, Stage
+
+
+def slurm_executor_kwargs(plan: LaunchPlan, stage: Stage) -> dict[str, Any]:
+    """The SlurmExecutor fields for one stage (pure; the golden-file tests render them through nemo_run)."""
+    prof = plan.profile
+    sl = prof.slurm
+    assert sl is not None  # the profile loader guarantees it for executor=slurm
+    r = stage.resources
+    gpu = r.kind == "gpu"
+    kw: dict[str, Any] = dict(
+        account=sl.account,
+        partition=r.partition,
+        time=r.time or sl.time,
+        nodes=r.nodes,
+        ntasks_per_node=r.ntasks_per_node,
+        cpus_per_task=r.cpus_per_task,
+        gres=(sl.gres or f"gpu:{prof.hardware.gpus_per_node}") if gpu else None,
+        exclusive=(sl.exclusive or None) if gpu else None,
+        mem=sl.mem if gpu else None,
+        qos=sl.qos,
+        constraint=sl.constraint,
+        srun_args=list(sl.srun_args),
+        job_name_prefix=f"{plan.run}.",
+        # Secrets: the job inherits them from the submitting environment (sbatch exports it); in a Pyxis
+        # container --container-env makes them win over the image's values. Only NAMES are written.
+        container_env=list(plan.secrets) if plan.container_image else None,
+        additional_parameters=dict(sl.additional_parameters) or None,
+        poll_estimated_start_time=False,
+        dependency_type="afterok",
+    )
+    if gpu and sl.signal_seconds:
+        kw["signal"] = f"USR1@{sl.signal_seconds}"
+    if plan.container_image:
+        kw["container_image"] = plan.container_image
+        kw["container_mounts"] = [f"{h}:{c}" for h, c in plan.mounts]
+    return kw
+
+
+def stage_task_command(stage: Stage) -> str:
+    """What srun runs in each task: the stage's script, its output appended to the stage log."""
+    return f"bash {stage.job_script_path}"
+
+
+class NemoRunSlurm(Backend):
+    name = "nemo-run-slurm"
+
+    def submit(self, plan: LaunchPlan, manifest: Manifest) -> Manifest:
+        import nemo_run as run  # heavy (imports torch): only when submitting
+
+        nr_home = Path(plan.run_dir) / "nemo_run"
+        os.environ["NEMORUN_HOME"] = str(nr_home)  # keep nemo_run's state in the run dir, not ~/.nemo_run
+        tunnel = run.LocalTunnel(job_dir=str(nr_home / "jobs"))
+        handles: dict[str, Any] = {}
+        with run.Experiment(plan.run, log_level="WARN") as exp:
+            for stage in plan.active_stages:
+                ex = run.SlurmExecutor(tunnel=tunnel, packager=run.Packager(), **slurm_executor_kwargs(plan, stage))
+                deps = [handles[d] for d in stage.depends_on if d in handles]
+                handles[stage.name] = exp.add(run.Script(inline=stage_task_command(stage)), executor=ex,
+                                              name=stage.name, dependencies=deps or None)
+            exp.run(detach=True)
+            for job in exp.jobs:
+                rec = manifest.stages[job.id]
+                rec.job_id = _job_id(job.handle)
+                rec.state = "PENDING"
+                folder = job.executor.job_details.folder
+                rec.log = str(Path(folder) / f"log-{job.executor.job_details.job_name}_{rec.job_id}_0.out")
+        manifest.save()
+        return manifest
+
+    def refresh(self, manifest: Manifest) -> Manifest:
+        ids = [r.job_id for r in manifest.stages.values() if r.job_id]
+        if not ids:
+            return manifest
+        states = sacct_states(ids)
+        for r in manifest.stages.values():
+            if r.job_id in states:
+                r.state, r.exit_code = states[r.job_id]
+        manifest.save()
+        return manifest
+
+    def cancel(self, manifest: Manifest) -> list[str]:
+        self.refresh(manifest)
+        live = [r for r in manifest.stages.values() if r.job_id and r.state not in TERMINAL]
+        if live:
+            subprocess.run(["scancel", *[r.job_id for r in live if r.job_id]], check=True)
+        return [r.name for r in live]
+
+
+def _job_id(handle: str) -> str:
+    m = re.search(r"(\d+)$", handle)
+    if not m:
+        raise RuntimeError(f"nemo_run returned a job handle without a Slurm job id: {handle!r}")
+    return m.group(1)
+
+
+def sacct_states(ids: list[str]) -> dict[str, tuple[str, int | None]]:
+    """Job states from sacct (squeue for jobs sacct does not know yet)."""
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "--format=JobID,State,ExitCode", "-j", ",".join(ids)],
+                         capture_output=True, text=True, check=True).stdout
+    states: dict[str, tuple[str, int | None]] = {}
+    for line in out.splitlines():
+        jid, state, code = (line.split("|") + ["", ""])[:3]
+        state = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+        states[jid] = (state, int(code.split(":")[0]) if code[:1].isdigit() else None)
+    missing = [i for i in ids if i not in states]
+    if missing:
+        q = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(missing)], capture_output=True, text=True)
+        for line in q.stdout.splitlines():
+            jid, state = line.split("|")
+            states[jid] = (state, None)
+    return states

@@ -1,0 +1,466 @@
+"""(ClusterProfile, recipe defaults, CLI overrides) -> LaunchPlan: a pure function.
+
+Planning runs no subprocess, writes no file and reads no environment variable: everything it needs from the
+outside world (the launcher's source directory, the command line, the run name) comes in as ``PlanContext``.
+The frozen ``LaunchPlan`` renders every stage's script; executors (``launcher/executors``) are the only code
+with side effects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from launcher import __version__
+from launcher.errors import ConfigError, Problem
+from launcher.jobspec import ConvertSpec, ExportSpec, JobSpec, Optim, Parallelism, TrainSpec
+from launcher.models import MODELS, ModelSpec
+from launcher.profiles import ClusterProfile
+
+StageName = Literal["download", "convert", "tokenize", "train", "export"]
+STAGE_ORDER: tuple[StageName, ...] = ("download", "convert", "tokenize", "train", "export")
+CODE_MOUNT = "/opt/cpt-launch"  # where the launcher's own source is mounted in the container
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the user asked for on the command line; None = the profile's or recipe's default."""
+
+    nodes: int | None = None
+    max_steps: int | None = None
+    gbs: int | None = None
+    mbs: int | None = None
+    seq_length: int | None = None
+    data: tuple[str, ...] = ()
+    valid_data: tuple[str, ...] = ()
+    model: str | None = None
+    model_dir: str | None = None
+    container_image: str | None = None
+    run_name: str | None = None
+    num_layers: int | None = None
+    tp: int | None = None
+    pp: int | None = None
+    cp: int | None = None
+    recompute: Literal["none", "selective", "full"] | None = None
+    optimizer_offload: Literal["auto", "on", "off"] = "auto"
+    peft: Literal["none", "lora"] = "none"
+    fp8: bool = False
+    attention: Literal["te", "sdpa", "auto"] | None = None
+    ckpt_every_n_steps: int | None = None
+    resume: Literal["auto", "resume", "fresh"] = "auto"
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """Facts from outside, gathered by the CLI before planning (so planning itself stays pure)."""
+
+    code_dir: str  # host path of the launcher's source tree (mounted at CODE_MOUNT in containers)
+    command: str  # the command line that made this plan (goes into script headers)
+    run_name: str  # default run name when --run-name is not given (the CLI makes it from the clock)
+    python: str = "python3"  # interpreter in the job environment
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a stage asks the scheduler for. CPU-only stages never hold GPU nodes."""
+
+    kind: Literal["cpu", "gpu"]
+    nodes: int
+    ntasks_per_node: int
+    gpus_per_node: int
+    cpus_per_task: int
+    time: str | None = None
+    partition: str | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: StageName
+    depends_on: tuple[str, ...]
+    resources: Resources
+    command: tuple[str, ...]  # argv inside the job environment (container paths)
+    launcher: Literal["none", "srun", "torchrun"]  # how many processes start the command
+    script: str  # the bash script each task runs (rendered from the above)
+    script_path: str  # host path the executor writes it to
+    job_script_path: str  # the same file as the job sees it
+    outputs: dict[str, str]  # artifact name -> host path
+    log_path: str  # host path of the stage's log
+    skip_reason: str | None = None  # set when the stage is planned but has nothing to do (e.g. data prepared)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    run: str
+    cluster: str
+    profile: ClusterProfile
+    model: ModelSpec
+    nodes: int
+    gpus: int
+    parallelism: Parallelism
+    jobspec: JobSpec
+    stages: tuple[Stage, ...]
+    run_dir: str  # host path
+    job_run_dir: str  # as the job sees it
+    env: dict[str, str]
+    secrets: tuple[str, ...]
+    mounts: tuple[tuple[str, str], ...]
+    container_image: str | None
+    problems: tuple[Problem, ...]
+    memory: dict[str, Any] = field(default_factory=dict)
+    explanation: str = ""
+    explain_table: str = ""
+    command: str = ""
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def active_stages(self) -> tuple[Stage, ...]:
+        return tuple(s for s in self.stages if s.skip_reason is None)
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.parallelism
+        return {
+            "version": __version__,
+            "run": self.run,
+            "cluster": self.cluster,
+            "executor": self.profile.executor,
+            "profile_source": self.profile.source,
+            "model": self.model.name,
+            "nodes": self.nodes,
+            "gpus": self.gpus,
+            "parallelism": {"tp": p.tp, "pp": p.pp, "cp": p.cp, "dp": p.dp, "mbs": p.mbs, "gbs": p.gbs,
+                            "sequence_parallel": p.sequence_parallel, "grad_accum": p.grad_accum},
+            "memory": self.memory,
+            "run_dir": self.run_dir,
+            "container_image": self.container_image,
+            "mounts": [f"{h}:{c}" for h, c in self.mounts],
+            "env": self.env,
+            "secrets_passed_by_name": list(self.secrets),
+            "train": dataclasses.asdict(self.jobspec.train),
+            "stages": [
+                {"name": s.name, "depends_on": list(s.depends_on), "skipped": s.skip_reason,
+                 "resources": dataclasses.asdict(s.resources), "launcher": s.launcher,
+                 "command": list(s.command), "script_path": s.script_path, "log": s.log_path,
+                 "outputs": s.outputs, "script": s.script}
+                for s in self.stages
+            ],
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def is_prefix(item: str) -> bool:
+    """A prepared Megatron dataset prefix (``…_text_document``) rather than raw JSONL."""
+    base = posixpath.basename(item)
+    return base.endswith("_document") or item.endswith((".bin", ".idx"))
+
+
+def _strip_bin_idx(item: str) -> str:
+    return item[:-4] if item.endswith((".bin", ".idx")) else item
+
+
+def _dataset_name(glob: str) -> str:
+    """ja_wiki/train_*.jsonl.gz -> ja_wiki_train; a stable, readable name for the tokenized output."""
+    parent = posixpath.basename(posixpath.dirname(glob.rstrip("/"))) or "data"
+    stem = posixpath.basename(glob.rstrip("/"))
+    stem = re.sub(r"\.jsonl(\.gz)?$", "", stem)
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_") or "all"
+    return f"{parent}_{stem}" if parent != "data" else stem
+
+
+def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> LaunchPlan:
+    """The pure planning function. Raises ConfigError with every problem found."""
+    problems: list[Problem] = []
+    d = profile.defaults
+    hw = profile.hardware
+
+    nodes = ov.nodes if ov.nodes is not None else d.nodes
+    if nodes < 1 or nodes > hw.max_nodes:
+        problems.append(Problem("error", "--nodes", f"nodes={nodes}: {profile.name} allows 1..{hw.max_nodes} "
+                                                    f"(hardware.max_nodes in {profile.source})"))
+    model_name = ov.model or d.model
+    if model_name not in MODELS:
+        problems.append(Problem("error", "--model", f"model={model_name}: allowed: {', '.join(MODELS)}"))
+    run = ov.run_name or ctx.run_name
+    if not RUN_NAME_RE.fullmatch(run):
+        problems.append(Problem("error", "--run-name", f"run-name={run}: allowed: letters, digits, '.', '_', '-' "
+                                                        "(1-64, starting with a letter or digit)"))
+    image = ov.container_image or (profile.container.image if profile.container else None)
+    if ov.container_image and profile.container is None:
+        problems.append(Problem("error", "--container-image",
+                                f"container-image={ov.container_image}: {profile.name} runs without a container "
+                                f"(executor={profile.executor}); use a profile with a container: section"))
+    seq = ov.seq_length if ov.seq_length is not None else 8192
+    gbs = ov.gbs if ov.gbs is not None else 1024
+    max_steps = ov.max_steps if ov.max_steps is not None else 150
+    for flag, val in (("--seq-length", seq), ("--gbs", gbs), ("--max-steps", max_steps)):
+        if val < 1:
+            problems.append(Problem("error", flag, f"{flag.lstrip('-')}={val}: must be >= 1"))
+    data_items = list(ov.data) or list(d.data)
+    valid_items = list(ov.valid_data) or list(d.valid_data)
+    if not data_items:
+        problems.append(Problem("error", "--data", f"no training data: give --data (JSONL globs or "
+                                                   f"..._text_document prefixes) or defaults.data in {profile.source}"))
+    if problems:
+        raise ConfigError(problems)
+
+    model = MODELS[model_name]
+    num_layers = ov.num_layers or model.num_layers
+    if ov.num_layers is not None:
+        model = dataclasses.replace(model, num_layers=ov.num_layers)
+    gpus = nodes * hw.gpus_per_node
+
+    from launcher import planner  # pure; imported here to keep `cpt-launch --help` minimal
+
+    pins = planner.Pins(tp=ov.tp, pp=ov.pp, cp=ov.cp, mbs=ov.mbs, recompute=ov.recompute,
+                        optimizer_offload=ov.optimizer_offload, peft=ov.peft, fp8=ov.fp8)
+    choice = planner.plan(hw, nodes, model, gbs, seq, pins)
+    par = choice.parallelism
+    offload = choice.optimizer_offload
+
+    # ---- paths --------------------------------------------------------------------------------------------
+    st = profile.storage
+    run_dir = posixpath.join(st.runs.host, run)
+    job_run_dir = posixpath.join(st.runs.job_path, run)
+    in_container = profile.container is not None
+    code = CODE_MOUNT if in_container else ctx.code_dir
+    repo_tail = model.hf_repo.split("/")[-1]
+    model_dir_host = ov.model_dir or posixpath.join(st.models.host, repo_tail)
+    model_dir_job = _to_job_path(model_dir_host, profile)
+    nemo_ckpt_host = posixpath.join(st.models.host, f"{repo_tail}-nemo")
+    nemo_ckpt_job = _to_job_path(nemo_ckpt_host, profile)
+
+    def data_host(item: str) -> str:
+        return item if item.startswith("/") else posixpath.join(st.data.host, item)
+
+    train_prefixes: list[str] = []
+    valid_prefixes: list[str] = []
+    tokenize_jobs: list[tuple[str, str]] = []  # (host input glob, host output prefix)
+    for items, out in ((data_items, train_prefixes), (valid_items, valid_prefixes)):
+        for item in items:
+            host = data_host(item)
+            if is_prefix(host):
+                out.append(_strip_bin_idx(host))
+            else:
+                name = _dataset_name(item)
+                prefix = posixpath.join(st.data.host, "tokenized", name)
+                tokenize_jobs.append((host, prefix))
+                out.append(prefix + "_text_document")
+
+    ckpt_dir_host = posixpath.join(run_dir, "checkpoints")
+    export_host = posixpath.join(run_dir, "export", f"{repo_tail}-cpt")
+    attention = ov.attention or d.attention
+    train = TrainSpec(
+        model=model_name,
+        num_layers=ov.num_layers,
+        num_nodes=nodes,
+        gpus_per_node=hw.gpus_per_node,
+        parallelism=par,
+        optim=Optim(),
+        seq_length=seq,
+        max_steps=max_steps,
+        ckpt_every_n_steps=ov.ckpt_every_n_steps or 15,
+        fp8=ov.fp8,
+        recompute=choice.recompute,
+        recompute_num_layers=model.num_layers // par.pp if choice.recompute == "full" else None,
+        optimizer_offload=offload,
+        offload_fraction=1.0,
+        peft=ov.peft,
+        attention="sdpa" if attention == "sdpa" else "te",
+        train_data=_blend([_to_job_path(p, profile) for p in train_prefixes]),
+        valid_data=_blend([_to_job_path(p, profile) for p in valid_prefixes]),
+        test_data=_blend([_to_job_path(p, profile) for p in valid_prefixes]),
+        tokenizer_dir=model_dir_job,
+        base_checkpoint=nemo_ckpt_job,
+        checkpoint_dir=_to_job_path(ckpt_dir_host, profile),
+        log_dir=_to_job_path(posixpath.join(run_dir, "train"), profile),
+        run_name=run,
+        wandb_project=None,
+    )
+    jobspec = JobSpec(
+        train=train,
+        convert=ConvertSpec(model=model_name, hf_model_dir=model_dir_job, output_path=nemo_ckpt_job),
+        export=ExportSpec(model=model_name, checkpoint_dir=train.checkpoint_dir,
+                          output_path=_to_job_path(export_host, profile)),
+    )
+    jobspec_job = posixpath.join(job_run_dir, "jobspec.json")
+
+    env = {
+        "PYTHONPATH": code,
+        "PYTHONUNBUFFERED": "1",
+        "CPT_RUN_DIR": job_run_dir,
+        **({"HF_HOME": st.hf_cache.job_path} if st.hf_cache else {}),
+        **d.env,
+    }
+    if attention == "sdpa":
+        env["CPT_ATTENTION"] = "sdpa"
+
+    py = ctx.python
+    cpu = profile.hardware.cpus_per_node
+    cpu_task = profile.slurm.cpus_per_cpu_task if profile.slurm else cpu
+    cpu_part = (profile.slurm.cpu_partition or profile.slurm.partition) if profile.slurm else None
+    cpu_time = profile.slurm.cpu_time if profile.slurm else None
+
+    def cpu_res() -> Resources:
+        return Resources("cpu", 1, 1, 0, cpu_task, cpu_time, cpu_part)
+
+    tok_cmds: list[list[str]] = []
+    for glob, prefix in tokenize_jobs:
+        tok_cmds.append([py, "-m", "launcher.cli", "tokenize", "--input", _to_job_path(glob, profile),
+                         "--tokenizer", model_dir_job, "--output", _to_job_path(prefix, profile),
+                         "--workers", str(cpu_task)])
+
+    if profile.executor == "slurm":
+        train_launcher: Literal["none", "srun", "torchrun"] = "srun"
+        train_cmd = [py, "-m", "recipes.entry", "train", "--jobspec", jobspec_job]
+    elif hw.gpus_per_node > 1 or profile.executor == "torchrun":
+        train_launcher = "torchrun"
+        train_cmd = ["torchrun", "--standalone", "--nnodes=1", f"--nproc-per-node={hw.gpus_per_node}",
+                     "-m", "recipes.entry", "train", "--jobspec", jobspec_job]
+    else:
+        train_launcher = "none"
+        train_cmd = [py, "-m", "recipes.entry", "train", "--jobspec", jobspec_job]
+
+    gpu_res = Resources("gpu", nodes, hw.gpus_per_node if profile.executor == "slurm" else 1, hw.gpus_per_node,
+                        max(1, cpu // hw.gpus_per_node) if profile.executor == "slurm" else cpu,
+                        profile.slurm.time if profile.slurm else None,
+                        profile.slurm.partition if profile.slurm else None)
+
+    specs: list[tuple[StageName, tuple[str, ...], Resources, list[list[str]], str, dict[str, str], str | None]] = [
+        ("download", (), cpu_res(),
+         [[py, "-m", "launcher.stages.download", "--repo", model.hf_repo, "--dest", model_dir_job]],
+         "none", {"model_dir": model_dir_host}, None),
+        ("convert", ("download",), cpu_res(),
+         [[py, "-m", "recipes.entry", "convert", "--jobspec", jobspec_job]],
+         "none", {"nemo_checkpoint": nemo_ckpt_host}, None),
+        ("tokenize", ("download",), cpu_res(), tok_cmds, "none",
+         {f"prefix_{i}": p + "_text_document" for i, (_, p) in enumerate(tokenize_jobs)},
+         None if tokenize_jobs else "all --data items are prepared Megatron prefixes"),
+        ("train", ("convert", "tokenize"), gpu_res, [train_cmd], train_launcher,
+         {"checkpoints": ckpt_dir_host, "tensorboard": posixpath.join(run_dir, "train")}, None),
+        ("export", ("train",), cpu_res(),
+         [[py, "-m", "recipes.entry", "export", "--jobspec", jobspec_job]],
+         "none", {"hf_model": export_host}, None),
+    ]
+    skipped = {name for name, *_rest, skip in specs if skip}
+    stages: list[Stage] = []
+    for name, deps, res, cmds, launcher, outputs, skip in specs:
+        deps = tuple(x for x in deps if x not in skipped)
+        script_path = posixpath.join(run_dir, "scripts", f"{name}.sh")
+        stage_env = dict(env)
+        if res.kind == "cpu":
+            stage_env["CUDA_VISIBLE_DEVICES"] = ""
+        script = render_stage_script(run=run, stage=name, cmds=cmds, env=stage_env, secrets=tuple(d.secrets),
+                                     workdir=job_run_dir, command=ctx.command)
+        stages.append(Stage(
+            name=name, depends_on=deps, resources=res, command=tuple(cmds[0]) if cmds else (), launcher=launcher,
+            script=script, script_path=script_path, job_script_path=_to_job_path(script_path, profile),
+            outputs=outputs, log_path=posixpath.join(run_dir, "logs", f"{name}.log"), skip_reason=skip,
+        ))
+
+    return LaunchPlan(
+        run=run, cluster=profile.name, profile=profile, model=model, nodes=nodes, gpus=gpus, parallelism=par,
+        jobspec=jobspec, stages=tuple(stages), run_dir=run_dir, job_run_dir=job_run_dir, env=env,
+        secrets=tuple(d.secrets), mounts=tuple(profile.mounts()) + ((ctx.code_dir, CODE_MOUNT),) if in_container
+        else (), container_image=image, problems=(), memory=choice.memory_json(),
+        explanation=choice.explanation, explain_table=getattr(planner, 'format_explain', lambda c: '')(choice), command=ctx.command,
+    )
+
+
+def _blend(prefixes: list[str]) -> list[Any]:
+    """Megatron's data_prefix: one prefix alone, or equal weights (token-proportional weights need the .idx)."""
+    if len(prefixes) <= 1:
+        return list(prefixes)
+    out: list[Any] = []
+    for p in prefixes:
+        out += [1.0, p]
+    return out
+
+
+def _to_job_path(host_path: str, profile: ClusterProfile) -> str:
+    """Map a host path to the path the job sees through the container mounts (longest mount wins)."""
+    best: tuple[str, str] | None = None
+    for host, cont in profile.mounts():
+        h = host.rstrip("/")
+        if host_path == h or host_path.startswith(h + "/"):
+            if best is None or len(h) > len(best[0]):
+                best = (h, cont)
+    if best is None:
+        return host_path
+    return best[1].rstrip("/") + host_path[len(best[0]):]
+
+
+def render_stage_script(*, run: str, stage: str, cmds: list[list[str]], env: dict[str, str],
+                        secrets: tuple[str, ...], workdir: str, command: str) -> str:
+    """The bash script a stage's task runs. Values are quoted; secrets are only named, never written."""
+    lines = [
+        "#!/bin/bash",
+        f"# Generated by cpt-launch {__version__}: stage '{stage}' of run '{run}'.",
+        f"# Made by: {command}",
+        "# Submitted by the run's executor; to rerun this stage by hand: bash <this file>",
+        "set -euo pipefail",
+        "",
+    ]
+    for k in sorted(env):
+        lines.append(f"export {k}={shlex.quote(env[k])}")
+    if secrets:
+        lines.append("# Secrets are inherited from the submitting environment, by name only: " + " ".join(secrets))
+    lines.append(f"cd {shlex.quote(workdir)}")
+    lines.append("")
+    for i, c in enumerate(cmds):
+        prefix = "exec " if i == len(cmds) - 1 else ""
+        lines.append(prefix + " ".join(shlex.quote(x) for x in c))
+    return "\n".join(lines) + "\n"
+
+
+def plan_summary(plan: LaunchPlan) -> str:
+    """The human-readable part of a dry run."""
+    p = plan.parallelism
+    out = [
+        f"cpt-launch {__version__} plan: run {plan.run} on {plan.cluster} ({plan.profile.executor}), "
+        f"{plan.nodes} node(s) x {plan.profile.hardware.gpus_per_node} GPU = {plan.gpus} GPU(s)",
+        f"  model       {plan.model.name} ({plan.model.num_layers} layers), seq {plan.jobspec.train.seq_length}, "
+        f"steps {plan.jobspec.train.max_steps}",
+        f"  parallelism TP{p.tp} PP{p.pp} CP{p.cp} DP{p.dp}, MBS {p.mbs}, GBS {p.gbs} "
+        f"(grad accumulation {p.grad_accum}), sequence parallel {'on' if p.sequence_parallel else 'off'}",
+        f"  optimizer   AdamW lr {plan.jobspec.train.optim.lr:g} -> {plan.jobspec.train.optim.min_lr:g} cosine, "
+        f"warmup {plan.jobspec.train.optim.warmup_steps}, wd {plan.jobspec.train.optim.weight_decay:g}",
+    ]
+    if plan.memory:
+        m = plan.memory
+        out.append(f"  memory      predicted peak {m.get('predicted_peak_gib')} GiB of {m.get('capacity_gib')} GiB "
+                   f"per GPU ({m.get('strategy')}; {'fits' if m.get('fits') else 'DOES NOT FIT'})")
+    if plan.explanation:
+        out += ["  " + line for line in plan.explanation.splitlines()]
+    out.append(f"  run dir     {plan.run_dir}")
+    if plan.container_image:
+        out.append(f"  container   {plan.container_image}")
+    out.append("  stages:")
+    for s in plan.stages:
+        r = s.resources
+        if s.skip_reason:
+            out.append(f"    - {s.name:9s} skipped: {s.skip_reason}")
+            continue
+        res = (f"{r.nodes} node(s) x {r.gpus_per_node} GPU, {r.ntasks_per_node} task(s)/node" if r.kind == "gpu"
+               else f"CPU only, {r.cpus_per_task} CPU(s)")
+        after = f" after {', '.join(s.depends_on)} (afterok)" if s.depends_on else ""
+        out.append(f"    - {s.name:9s} {res}{after}")
+    for pr in plan.problems:
+        out.append(f"  {pr}")
+    return "\n".join(out) + "\n"
+
+
+def plan_json_text(plan: LaunchPlan) -> str:
+    return json.dumps(plan.to_json(), indent=2, sort_keys=False)

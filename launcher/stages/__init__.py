@@ -1,0 +1,1 @@
+"""Job-side entrypoints that need no NeMo (download). convert/train/export live in recipes/."""
