@@ -1,0 +1,450 @@
+"""Pre-flight checks: everything that can be known to fail before a job waits in the queue.
+
+Pure-ish: the checks take facts that were already gathered (the plan's numbers, an environment mapping, the container
+mounts) and read the filesystem only through a :class:`FileSystemView` passed in, so a plan stays pure and a test
+can point the checks at real files in a temporary directory. No subprocess, no network, no writes.
+
+Every check returns :class:`~launcher.errors.Problem` objects naming where (flag, profile field or path), the value
+and a fix; :func:`run_preflight` runs them all and returns every problem at once. Secrets are referred to by name
+only (``HF_TOKEN``): no message ever contains an environment value other than the NVTE_* switches.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from array import array
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from launcher.errors import Problem
+from launcher.jobspec import Attention, Parallelism
+from launcher.memory import MemoryEstimate
+from launcher.models import ModelSpec
+
+# --------------------------------------------------------------------------------------------------- filesystem
+
+
+class FileSystemView(Protocol):
+    """The only way preflight touches files (reads only)."""
+
+    def exists(self, path: str) -> bool: ...
+
+    def is_dir(self, path: str) -> bool: ...
+
+    def size(self, path: str) -> int: ...
+
+    def read(self, path: str, offset: int, length: int) -> bytes: ...
+
+    def listdir(self, path: str) -> list[str]: ...
+
+
+class RealFileSystem:
+    """:class:`FileSystemView` over the real filesystem (of the machine that runs the check)."""
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def size(self, path: str) -> int:
+        return os.path.getsize(path)
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(path))
+
+
+def container_to_host(path: str, mounts: Sequence[tuple[str, str]]) -> str | None:
+    """Host path of a container path, given ``(host, container)`` mounts; None if no mount covers it.
+
+    The longest matching container prefix wins (a mount of /data/ja inside a mount of /data), as in Docker/Pyxis.
+    """
+    norm = os.path.normpath(path)
+    best: tuple[int, str] | None = None
+    for host, cont in mounts:
+        c = os.path.normpath(cont)
+        if norm == c or norm.startswith(c.rstrip("/") + "/"):
+            if best is None or len(c) > best[0]:
+                rest = norm[len(c):].lstrip("/")
+                best = (len(c), os.path.join(os.path.normpath(host), rest) if rest else os.path.normpath(host))
+    return best[1] if best else None
+
+
+# --------------------------------------------------------------------------------------------------- .idx reader
+
+IDX_MAGIC = b"MMIDIDX\x00\x00"
+# megatron/core/datasets/indexed_dataset.py DType codes -> item size in bytes
+IDX_DTYPE_SIZES: dict[int, int] = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 8, 7: 4, 8: 2}
+IDX_HEADER = 9 + 8 + 1 + 8 + 8  # magic, u64 version, u8 dtype, u64 N, u64 D = 34 bytes
+
+
+class IdxError(ValueError):
+    """An ``.idx`` file that megatron-core's IndexedDataset would not load."""
+
+
+@dataclass(frozen=True)
+class IdxInfo:
+    """Header and token count of a Megatron ``.idx`` file."""
+
+    version: int
+    dtype_code: int
+    itemsize: int
+    num_sequences: int
+    num_documents: int  # D - 1 (the document index has one more entry than documents)
+    num_tokens: int  # sum of the int32 sequence lengths
+
+
+def read_idx(fs: FileSystemView, idx_path: str) -> IdxInfo:
+    """Read an ``.idx`` header and sum its sequence lengths (layout: ../shared/REFERENCE.md section 4).
+
+    Little-endian: magic ``MMIDIDX\\x00\\x00``, u64 version 1, u8 dtype code, u64 N, u64 D, int32[N] lengths,
+    int64[N] byte offsets, int64[D] document indices (then int8[N] modes only for multimodal data).
+    """
+    head = fs.read(idx_path, 0, IDX_HEADER)
+    if len(head) < IDX_HEADER or head[:9] != IDX_MAGIC:
+        raise IdxError(f"{idx_path}: not a Megatron index (magic {head[:9]!r}, expected {IDX_MAGIC!r})")
+    version, dtype_code, n, d = struct.unpack("<QBQQ", head[9:])
+    if version != 1:
+        raise IdxError(f"{idx_path}: index version {version}, expected 1")
+    if dtype_code not in IDX_DTYPE_SIZES:
+        raise IdxError(f"{idx_path}: unknown dtype code {dtype_code} (known: {sorted(IDX_DTYPE_SIZES)})")
+    size = fs.size(idx_path)
+    expected = IDX_HEADER + 12 * n + 8 * d
+    if size not in (expected, expected + n):  # + int8[N] modes for multimodal indices
+        raise IdxError(f"{idx_path}: {size} bytes, but N={n} sequences and D={d} need {expected} "
+                       "(truncated or not written by megatron's IndexedDatasetBuilder)")
+    lengths = array("i")
+    lengths.frombytes(fs.read(idx_path, IDX_HEADER, 4 * n))
+    if sys.byteorder != "little":
+        lengths.byteswap()
+    return IdxInfo(version=version, dtype_code=dtype_code, itemsize=IDX_DTYPE_SIZES[dtype_code], num_sequences=n,
+                   num_documents=max(d - 1, 0), num_tokens=sum(lengths))
+
+
+# --------------------------------------------------------------------------------------------------- facts
+
+McoreAttnBackend = Literal["auto", "flash", "fused", "unfused", "local"]
+
+# Which megatron-core ``attention_backend`` each of our attention choices runs with. te: NeMo's default (auto, TE
+# picks flash/fused); sdpa: megatron-core's local spec with our SDPA core attention ("local").
+MCORE_BACKEND: dict[str, McoreAttnBackend] = {"te": "auto", "sdpa": "local"}
+
+# megatron-core LanguageModule._set_attention_backend: each backend *sets* these three variables and raises
+# "NVTE_... set to X, but expected Y for attention backend type ..." at model build if one is already set otherwise.
+NVTE_EXPECTED: dict[McoreAttnBackend, dict[str, str]] = {
+    "auto": {"NVTE_FLASH_ATTN": "1", "NVTE_FUSED_ATTN": "1", "NVTE_UNFUSED_ATTN": "1"},
+    "flash": {"NVTE_FLASH_ATTN": "1", "NVTE_FUSED_ATTN": "0", "NVTE_UNFUSED_ATTN": "0"},
+    "fused": {"NVTE_FLASH_ATTN": "0", "NVTE_FUSED_ATTN": "1", "NVTE_UNFUSED_ATTN": "0"},
+    "unfused": {"NVTE_FLASH_ATTN": "0", "NVTE_FUSED_ATTN": "0", "NVTE_UNFUSED_ATTN": "1"},
+    "local": {"NVTE_FLASH_ATTN": "0", "NVTE_FUSED_ATTN": "0", "NVTE_UNFUSED_ATTN": "0"},
+}
+
+HF_TOKEN_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+HF_OFFLINE_NAMES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+@dataclass(frozen=True)
+class PreflightFacts:
+    """What the checks look at. Paths are as the *job* sees them (container paths when ``mounts`` is non-empty)."""
+
+    model: ModelSpec
+    parallelism: Parallelism
+    gpus: int  # GPUs the train stage gets: nodes x gpus_per_node
+    seq_length: int
+    max_steps: int
+    attention: Attention = "te"
+    env: Mapping[str, str] = field(default_factory=dict)  # the job's environment (names matter; values only NVTE_*)
+    train_data: Sequence[tuple[float, str]] = ()  # (weight, prefix) of the training blend
+    valid_data: Sequence[str] = ()
+    test_data: Sequence[str] = ()
+    data_planned: bool = False  # the tokenize stage writes the prefixes: do not look for them yet
+    mounts: Sequence[tuple[str, str]] = ()  # (host, container); empty: the job sees host paths
+    uses_container: bool = False
+    container_image: str | None = None
+    tokenizer_dir: str = ""  # HF tokenizer (usually the downloaded model directory)
+    hf_model_dir: str = ""  # HF weights the convert stage reads
+    base_checkpoint: str = ""  # converted NeMo checkpoint train restores from
+    download_planned: bool = False  # the download stage runs (fills hf_model_dir / tokenizer_dir)
+    convert_planned: bool = False  # the convert stage runs (writes base_checkpoint)
+    gated_repo: bool = True  # meta-llama repos are gated: downloading needs an accepted licence and a token
+    hf_token_file: str = ""  # host path of huggingface-cli's token file, if one should count as a token
+    checkpoint_dir: str = ""  # this run's own checkpoint directory
+    resume: Literal["resume", "fresh"] | None = None  # None: not decided (an error if checkpoints exist)
+    memory: MemoryEstimate | None = None
+    capacity_gib: float = 0.0
+    host_need_gib: float = 0.0
+    host_capacity_gib: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def check_parallelism(model: ModelSpec, par: Parallelism, gpus: int, seq_length: int) -> list[Problem]:
+    """TP*PP*CP*DP = GPUs, GBS % (MBS*DP), heads and query groups % TP, layers % PP, seq vs positions and CP."""
+    out: list[Problem] = []
+    if par.world_size != gpus:
+        out.append(Problem("error", "parallelism", f"tp*pp*cp*dp = {par.tp}*{par.pp}*{par.cp}*{par.dp} = "
+                                                   f"{par.world_size}, but the train stage has {gpus} GPUs; "
+                                                   f"fix: dp={gpus // max(1, par.tp * par.pp * par.cp)} or change "
+                                                   "--nodes"))
+    if par.mbs < 1 or par.dp < 1 or par.gbs % (par.mbs * par.dp):
+        out.append(Problem("error", "--gbs", f"gbs={par.gbs} is not divisible by mbs*dp = {par.mbs}*{par.dp}; fix: "
+                                             f"--gbs {_round_up(par.gbs, max(1, par.mbs * par.dp))} or another --mbs"))
+    if par.tp < 1 or model.num_attention_heads % par.tp:
+        out.append(Problem("error", "--tp", f"tp={par.tp}: {model.name} has {model.num_attention_heads} attention "
+                                            f"heads; allowed: {_divs(model.num_attention_heads)}"))
+    elif model.num_query_groups % par.tp:
+        out.append(Problem("error", "--tp", f"tp={par.tp}: {model.name} has {model.num_query_groups} query groups "
+                                            f"(KV heads); allowed: {_divs(model.num_query_groups)}"))
+    if par.pp < 1 or model.num_layers % par.pp:
+        out.append(Problem("error", "--pp", f"pp={par.pp}: {model.name} has {model.num_layers} layers; allowed: "
+                                            f"{_divs(model.num_layers)}"))
+    if seq_length > model.max_position_embeddings:
+        out.append(Problem("error", "--seq-length", f"seq_length={seq_length} > {model.name}'s max_position_embeddings "
+                                                    f"{model.max_position_embeddings}"))
+    if par.cp > 1 and seq_length % (2 * par.cp):
+        out.append(Problem("error", "--cp", f"cp={par.cp}: context parallel splits each sequence into 2*cp chunks; "
+                                            f"seq_length={seq_length} is not divisible by {2 * par.cp}"))
+    if par.sequence_parallel and par.tp == 1:
+        out.append(Problem("warning", "parallelism", "sequence_parallel=True with tp=1 has no effect "
+                                                     "(megatron turns it off)"))
+    if par.tp > 1 and not par.sequence_parallel:
+        out.append(Problem("warning", "parallelism", f"tp={par.tp} without sequence parallel: activations are "
+                                                     "replicated across the TP group; turn it on"))
+    return out
+
+
+def check_attention_env(attention: Attention, env: Mapping[str, str],
+                        backend: McoreAttnBackend | None = None) -> list[Problem]:
+    """NVTE_FLASH_ATTN / NVTE_FUSED_ATTN / NVTE_UNFUSED_ATTN against the attention backend the job will build.
+
+    megatron-core sets the three itself from ``attention_backend`` and raises at model build when one is already set
+    to something else -- after the queue wait. So any setting that disagrees is an error here.
+    """
+    be = backend or MCORE_BACKEND.get(attention, "auto")
+    expected = NVTE_EXPECTED[be]
+    out: list[Problem] = []
+    for name, want in expected.items():
+        have = env.get(name)
+        if have is not None and have != want:
+            out.append(Problem("error", f"env {name}",
+                               f"{name}={have}, but attention={attention} builds megatron-core's '{be}' attention "
+                               f"backend, which requires {name} unset or {want} and stops at model build otherwise; "
+                               f"fix: remove {name} from the profile's env / your shell (choose the backend with "
+                               "--attention instead)"))
+    return out
+
+
+def _host_view(path: str, facts: PreflightFacts) -> str | None:
+    if not facts.mounts:
+        return path
+    return container_to_host(path, facts.mounts)
+
+
+def _mount_hint(facts: PreflightFacts) -> str:
+    return ", ".join(f"{h}:{c}" for h, c in facts.mounts) or "none"
+
+
+def check_data(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
+    """Every prefix is a readable ``.bin/.idx`` pair through the mounts; the training blend holds enough tokens."""
+    out: list[Problem] = []
+    if not facts.train_data:
+        out.append(Problem("error", "--data", "no training data given; fix: --data PREFIX_text_document or JSONL files"))
+    if facts.data_planned:
+        return out
+    needed = facts.max_steps * facts.parallelism.gbs * facts.seq_length
+    total_w = sum(w for w, _ in facts.train_data) or 1.0
+    labelled = [("--data", w / total_w, p) for w, p in facts.train_data]
+    labelled += [("valid_data", 0.0, p) for p in facts.valid_data] + [("test_data", 0.0, p) for p in facts.test_data]
+    for where, share, prefix in labelled:
+        host = _host_view(prefix, facts)
+        if host is None:
+            out.append(Problem("error", f"{where} {prefix}", f"{prefix} is not visible inside the container: no mount "
+                                                             f"covers it (mounts: {_mount_hint(facts)}); fix: use a "
+                                                             "path under one of the container mount points"))
+            continue
+        shown = prefix if host == prefix else f"{prefix} (host {host})"
+        missing = [ext for ext in (".bin", ".idx") if not fs.exists(host + ext)]
+        if missing:
+            out.append(Problem("error", f"{where} {prefix}",
+                               f"{shown}: missing {' and '.join(host + e for e in missing)}; a Megatron prefix names "
+                               "a .bin/.idx pair without the extension (e.g. .../ja_text_document); fix: run the "
+                               "tokenize stage (pass the JSONL files to --data) or correct the path"))
+            continue
+        try:
+            info = read_idx(fs, host + ".idx")
+        except IdxError as e:
+            out.append(Problem("error", f"{where} {prefix}", f"{e}; fix: re-run the tokenize stage"))
+            continue
+        bin_size = fs.size(host + ".bin")
+        if bin_size != info.num_tokens * info.itemsize:
+            out.append(Problem("error", f"{where} {prefix}",
+                               f"{shown}.bin has {bin_size} bytes but its .idx lists {info.num_tokens} tokens of "
+                               f"{info.itemsize} B = {info.num_tokens * info.itemsize}; the pair is inconsistent "
+                               "(interrupted write?); fix: re-run the tokenize stage"))
+            continue
+        if share > 0 and needed > 0:
+            want = share * needed
+            if info.num_tokens == 0:
+                out.append(Problem("error", f"{where} {prefix}", f"{shown} holds no tokens"))
+            elif want > info.num_tokens:
+                epochs = want / info.num_tokens
+                out.append(Problem("warning", f"{where} {prefix}",
+                                   f"{shown} holds {info.num_tokens:,} tokens; {facts.max_steps} steps x GBS "
+                                   f"{facts.parallelism.gbs} x seq {facts.seq_length}"
+                                   + (f" x weight {share:.2f}" if share < 1 else "")
+                                   + f" = {want:,.0f} tokens repeat it {epochs:.1f} times (epochs); fix: more data "
+                                   f"or --max-steps {max(1, int(facts.max_steps / epochs))} for one pass"))
+    return out
+
+
+def _dir_has(fs: FileSystemView, host: str, names: Sequence[str]) -> bool:
+    try:
+        present = set(fs.listdir(host))
+    except OSError:
+        return False
+    return any(n in present for n in names)
+
+
+def check_model_files(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
+    """Tokenizer, HF weights and the base checkpoint present, or the stage that makes them planned;
+    HF offline mode and gated-repo access consistent. Tokens are named, never shown."""
+    out: list[Problem] = []
+    env = facts.env
+    offline = [n for n in HF_OFFLINE_NAMES if env.get(n, "").strip().lower() in ("1", "true", "yes", "on")]
+    repo = facts.model.hf_repo
+    if facts.download_planned:
+        if offline:
+            out.append(Problem("error", f"env {offline[0]}",
+                               f"{offline[0]} is on, but the download stage must fetch {repo}; fix: unset "
+                               f"{offline[0]} for the download, or put the model in {facts.hf_model_dir or 'the models dir'}"
+                               " (the stage is then skipped)"))
+        has_token = any(env.get(n) for n in HF_TOKEN_NAMES) or bool(
+            facts.hf_token_file and fs.exists(facts.hf_token_file))
+        if facts.gated_repo and not has_token:
+            out.append(Problem("error", "env HF_TOKEN",
+                               f"{repo} is a gated repository: the download needs a token of an account that accepted "
+                               "its licence; fix: export HF_TOKEN in the submitting shell (passed to the job by name, "
+                               "never written into scripts) or run `huggingface-cli login`"))
+    checks: list[tuple[str, str, Sequence[str], str]] = []
+    if not facts.download_planned:
+        if facts.tokenizer_dir:
+            checks.append(("tokenizer_dir", facts.tokenizer_dir,
+                           ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"),
+                           "a Hugging Face tokenizer (tokenizer.json)"))
+        if facts.convert_planned and facts.hf_model_dir:
+            checks.append(("hf_model_dir", facts.hf_model_dir, ("config.json",), "a Hugging Face model (config.json)"))
+    if not facts.convert_planned and facts.base_checkpoint:
+        checks.append(("base_checkpoint", facts.base_checkpoint, ("context", "weights"),
+                       "a NeMo 2 checkpoint (context/, weights/)"))
+    for where, path, names, what in checks:
+        host = _host_view(path, facts)
+        if host is None:
+            out.append(Problem("error", f"{where} {path}", f"{path} is not visible inside the container: no mount "
+                                                           f"covers it (mounts: {_mount_hint(facts)})"))
+        elif not fs.is_dir(host):
+            fix = ("let the download stage run" if where != "base_checkpoint" else "let the convert stage run")
+            out.append(Problem("error", f"{where} {path}", f"{host} does not exist; it should hold {what}; fix: "
+                                                           f"{fix} or correct the path"))
+        elif not _dir_has(fs, host, names):
+            out.append(Problem("error", f"{where} {path}", f"{host} holds no {' / '.join(names)}; it should hold "
+                                                           f"{what}"))
+    if not facts.download_planned and not offline and facts.tokenizer_dir:
+        out.append(Problem("warning", "env HF_HUB_OFFLINE",
+                           "the model is local but HF_HUB_OFFLINE is not set: transformers may still contact the "
+                           "hub (and fail on a cluster without internet); fix: set HF_HUB_OFFLINE=1 for the job"))
+    return out
+
+
+def check_container(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
+    """A container profile names its image; every mount's host side exists."""
+    out: list[Problem] = []
+    if facts.uses_container and not (facts.container_image or "").strip():
+        out.append(Problem("error", "container.image", "this profile runs the job in a container but names no image; "
+                                                       "fix: --container-image nvcr.io/nvidia/nemo:25.02.01 (a NeMo 2 "
+                                                       "container, <= 25.11)"))
+    for host, cont in facts.mounts:
+        if not fs.exists(host):
+            out.append(Problem("error", f"mount {host}:{cont}", f"host path {host} does not exist; the container "
+                                                                "runtime fails at start; fix: create it or correct "
+                                                                "the profile's storage"))
+    return out
+
+
+def check_checkpoint_dir(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
+    """Existing checkpoints mean resume or start fresh: that must be an explicit decision."""
+    if not facts.checkpoint_dir:
+        return []
+    host = _host_view(facts.checkpoint_dir, facts)
+    if host is None:
+        return [Problem("error", f"checkpoint_dir {facts.checkpoint_dir}",
+                        f"not visible inside the container (mounts: {_mount_hint(facts)})")]
+    has = fs.is_dir(host) and bool(_safe_listdir(fs, host))
+    if has and facts.resume is None:
+        return [Problem("error", f"checkpoint_dir {facts.checkpoint_dir}",
+                        f"{host} already holds checkpoints; decide explicitly: --resume (continue this run) or a new "
+                        "--run-name (start fresh)")]
+    if facts.resume == "resume" and not has:
+        return [Problem("warning", f"checkpoint_dir {facts.checkpoint_dir}",
+                        f"resume asked, but {host} holds no checkpoint: training starts from the base weights")]
+    if facts.resume == "fresh" and has:
+        return [Problem("error", f"checkpoint_dir {facts.checkpoint_dir}",
+                        f"--fresh, but {host} holds checkpoints that resume_if_exists would pick up; fix: a new "
+                        "--run-name")]
+    return []
+
+
+def _safe_listdir(fs: FileSystemView, path: str) -> list[str]:
+    try:
+        return fs.listdir(path)
+    except OSError:
+        return []
+
+
+def check_memory(facts: PreflightFacts) -> list[Problem]:
+    """Predicted peak GPU memory (and host memory for offloaded state) within capacity."""
+    m = facts.memory
+    if m is None:
+        return []
+    out: list[Problem] = []
+    if facts.capacity_gib and m.total_gib > facts.capacity_gib:
+        out.append(Problem("error", "memory",
+                           f"predicted peak {m.total_gib:.1f} GiB per GPU > {facts.capacity_gib:.1f} GiB (strategy "
+                           f"{m.strategy}, peak at {m.phase}: weights {m.weights_gib:.1f}, grads {m.grads_gib:.1f}, "
+                           f"optimizer {m.optimizer_gib:.1f}, activations {m.activations_gib:.1f}, logits "
+                           f"{m.logits_gib:.1f}); fix: let the planner choose (drop pinned --tp/--pp/--cp/--mbs/"
+                           "--recompute), --recompute full or --optimizer-offload on"))
+    if m.host_gib and facts.host_capacity_gib and facts.host_need_gib > facts.host_capacity_gib:
+        out.append(Problem("error", "memory", f"offloaded optimizer state needs {facts.host_need_gib:.0f} GiB of host "
+                                              f"memory per node > {facts.host_capacity_gib:.0f} GiB; fix: more nodes "
+                                              "(shards it) or --optimizer-offload off on larger GPUs"))
+    return out
+
+
+def run_preflight(facts: PreflightFacts, fs: FileSystemView | None = None) -> list[Problem]:
+    """Every check; every problem at once (errors first, then warnings)."""
+    fs = fs or RealFileSystem()
+    out = (check_parallelism(facts.model, facts.parallelism, facts.gpus, facts.seq_length)
+           + check_attention_env(facts.attention, facts.env)
+           + check_container(facts, fs)
+           + check_data(facts, fs)
+           + check_model_files(facts, fs)
+           + check_checkpoint_dir(facts, fs)
+           + check_memory(facts))
+    return [p for p in out if p.severity == "error"] + [p for p in out if p.severity != "error"]
+
+
+def _divs(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
