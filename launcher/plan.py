@@ -116,6 +116,8 @@ class LaunchPlan:
     explanation: str = ""
     explain_table: str = ""
     command: str = ""
+    choice: Any = None  # the planner's PlanChoice (memory estimate, candidates)
+    resume: Literal["auto", "resume", "fresh"] = "auto"
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -376,6 +378,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         secrets=tuple(d.secrets), mounts=tuple(profile.mounts()) + ((ctx.code_dir, CODE_MOUNT),) if in_container
         else (), container_image=image, problems=(), memory=choice.memory_json(),
         explanation=choice.explanation, explain_table=getattr(planner, 'format_explain', lambda c: '')(choice), command=ctx.command,
+        choice=choice, resume=ov.resume,
     )
 
 

@@ -6,8 +6,10 @@ manifest is updated after every stage so `cpt-launch status RUN` in another shel
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import sys
 import signal
 import time
 from pathlib import Path
@@ -48,10 +50,9 @@ class NemoRunLocal(Backend):
         self.name = "nemo-run-docker" if docker else "nemo-run-local"
 
     def submit(self, plan: LaunchPlan, manifest: Manifest) -> Manifest:
-        import nemo_run as run  # heavy (imports torch): only when running
-
         nr_home = Path(plan.run_dir) / "nemo_run"
-        os.environ["NEMORUN_HOME"] = str(nr_home)
+        os.environ["NEMORUN_HOME"] = str(nr_home)  # read by nemo_run at import
+        import nemo_run as run  # heavy (imports torch): only when running
         failed: str | None = None
         for stage in plan.active_stages:
             rec = manifest.stages[stage.name]
@@ -70,7 +71,8 @@ class NemoRunLocal(Backend):
             manifest.save()
             t0 = time.time()
             try:
-                with run.Experiment(f"{plan.run}-{stage.name}", log_level="WARN") as exp:
+                with contextlib.redirect_stdout(sys.stderr), \
+                        run.Experiment(f"{plan.run}-{stage.name}", log_level="WARN") as exp:
                     exp.add(run.Script(inline=stage_inline(stage, job_log)), executor=ex, name=stage.name)
                     exp.run(sequential=True, detach=False, tail_logs=False)
                     state = str(exp.jobs[0].state).split(".")[-1].upper()
@@ -82,7 +84,7 @@ class NemoRunLocal(Backend):
             rec.exit_code = 0 if rec.state == "COMPLETED" else 1
             manifest.save()
             print(f"[cpt-launch] stage {stage.name}: {rec.state} in {time.time() - t0:.1f}s (log {stage.log_path})",
-                  file=__import__("sys").stderr)
+                  file=sys.stderr)
             if rec.state != "COMPLETED":
                 failed = stage.name
         return manifest

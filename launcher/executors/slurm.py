@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -58,13 +60,15 @@ class NemoRunSlurm(Backend):
     name = "nemo-run-slurm"
 
     def submit(self, plan: LaunchPlan, manifest: Manifest) -> Manifest:
-        import nemo_run as run  # heavy (imports torch): only when submitting
-
         nr_home = Path(plan.run_dir) / "nemo_run"
-        os.environ["NEMORUN_HOME"] = str(nr_home)  # keep nemo_run's state in the run dir, not ~/.nemo_run
-        tunnel = run.LocalTunnel(job_dir=str(nr_home / "jobs"))
+        # nemo_run reads NEMORUN_HOME when imported: keep its state in the run dir, not ~/.nemo_run
+        os.environ["NEMORUN_HOME"] = str(nr_home)
+        import nemo_run as run  # heavy (imports torch): only when submitting
+        # job_dir="": nemo_run then writes the sbatch files under NEMORUN_HOME's experiment dir, which it also
+        # submits from (a non-empty job_dir makes it submit a path it never wrote).
+        tunnel = run.LocalTunnel(job_dir="")
         handles: dict[str, Any] = {}
-        with run.Experiment(plan.run, log_level="WARN") as exp:
+        with contextlib.redirect_stdout(sys.stderr), run.Experiment(plan.run, log_level="WARN") as exp:
             for stage in plan.active_stages:
                 ex = run.SlurmExecutor(tunnel=tunnel, packager=run.Packager(), **slurm_executor_kwargs(plan, stage))
                 deps = [handles[d] for d in stage.depends_on if d in handles]
