@@ -17,7 +17,7 @@ import sys
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from launcher.errors import Problem
 from launcher.jobspec import Attention, Parallelism
@@ -165,7 +165,8 @@ class PreflightFacts:
     train_data: Sequence[tuple[float, str]] = ()  # (weight, prefix) of the training blend
     valid_data: Sequence[str] = ()
     test_data: Sequence[str] = ()
-    data_planned: bool = False  # the tokenize stage writes the prefixes: do not look for them yet
+    data_planned: bool = False  # the tokenize stage writes all prefixes: do not look for them yet
+    planned_prefixes_host: frozenset[str] = frozenset()  # host paths of prefixes the tokenize stage will write
     mounts: Sequence[tuple[str, str]] = ()  # (host, container); empty: the job sees host paths
     uses_container: bool = False
     container_image: str | None = None
@@ -177,10 +178,14 @@ class PreflightFacts:
     gated_repo: bool = True  # meta-llama repos are gated: downloading needs an accepted licence and a token
     hf_token_file: str = ""  # host path of huggingface-cli's token file, if one should count as a token
     checkpoint_dir: str = ""  # this run's own checkpoint directory
-    resume: Literal["resume", "fresh"] | None = None  # None: not decided (an error if checkpoints exist)
-    memory: MemoryEstimate | None = None
+    # "auto": resume_if_exists (the run's own checkpoints, else the base weights) is itself the decision;
+    # None: not decided -- an error when checkpoints exist
+    resume: Literal["auto", "resume", "fresh"] | None = "auto"
+    memory: MemoryEstimate | None = None  # the itemised estimate, when the caller has it
+    predicted_peak_gib: float = 0.0  # used when ``memory`` is None (e.g. from PlanChoice.memory_json())
+    strategy: str = ""
     capacity_gib: float = 0.0
-    host_need_gib: float = 0.0
+    host_need_gib: float = 0.0  # offloaded state of all ranks of a node + base allowance
     host_capacity_gib: float = 0.0
 
 
@@ -266,6 +271,8 @@ def check_data(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
     labelled += [("valid_data", 0.0, p) for p in facts.valid_data] + [("test_data", 0.0, p) for p in facts.test_data]
     for where, share, prefix in labelled:
         host = _host_view(prefix, facts)
+        if host is not None and host in facts.planned_prefixes_host:
+            continue  # the tokenize stage writes it
         if host is None:
             out.append(Problem("error", f"{where} {prefix}", f"{prefix} is not visible inside the container: no mount "
                                                              f"covers it (mounts: {_mount_hint(facts)}); fix: use a "
@@ -314,6 +321,16 @@ def _dir_has(fs: FileSystemView, host: str, names: Sequence[str]) -> bool:
     return any(n in present for n in names)
 
 
+def _dir_state(fs: FileSystemView, facts: PreflightFacts, path: str, names: Sequence[str]) -> str:
+    """"invisible" (no mount covers it), "missing", "empty" (none of ``names`` in it) or "ok"."""
+    host = _host_view(path, facts)
+    if host is None:
+        return "invisible"
+    if not fs.is_dir(host):
+        return "missing"
+    return "ok" if _dir_has(fs, host, names) else "empty"
+
+
 def check_model_files(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
     """Tokenizer, HF weights and the base checkpoint present, or the stage that makes them planned;
     HF offline mode and gated-repo access consistent. Tokens are named, never shown."""
@@ -321,12 +338,25 @@ def check_model_files(facts: PreflightFacts, fs: FileSystemView) -> list[Problem
     env = facts.env
     offline = [n for n in HF_OFFLINE_NAMES if env.get(n, "").strip().lower() in ("1", "true", "yes", "on")]
     repo = facts.model.hf_repo
-    if facts.download_planned:
+    hf_names = ("config.json",)
+    tok_names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    model_dir = facts.hf_model_dir or facts.tokenizer_dir
+    model_state = _dir_state(fs, facts, model_dir, hf_names) if model_dir else "ok"
+    need_download = model_state != "ok" and (facts.convert_planned or not facts.base_checkpoint)
+    if model_state == "invisible":
+        out.append(Problem("error", f"hf_model_dir {model_dir}", f"{model_dir} is not visible inside the container: "
+                                                                 f"no mount covers it (mounts: {_mount_hint(facts)})"))
+    elif need_download and not facts.download_planned:
+        out.append(Problem("error", f"hf_model_dir {model_dir}",
+                           f"{_host_view(model_dir, facts)} holds no Hugging Face model ({model_state}: no "
+                           "config.json) and no download stage is planned; fix: let the download stage run or "
+                           "point --model-dir at a downloaded model"))
+    elif need_download:
         if offline:
             out.append(Problem("error", f"env {offline[0]}",
-                               f"{offline[0]} is on, but the download stage must fetch {repo}; fix: unset "
-                               f"{offline[0]} for the download, or put the model in {facts.hf_model_dir or 'the models dir'}"
-                               " (the stage is then skipped)"))
+                               f"{offline[0]} is on, but {repo} is not in {_host_view(model_dir, facts)} and the "
+                               f"download stage must fetch it; fix: unset {offline[0]} for the download, or put the "
+                               "model there first (the stage then has nothing to do)"))
         has_token = any(env.get(n) for n in HF_TOKEN_NAMES) or bool(
             facts.hf_token_file and fs.exists(facts.hf_token_file))
         if facts.gated_repo and not has_token:
@@ -334,49 +364,46 @@ def check_model_files(facts: PreflightFacts, fs: FileSystemView) -> list[Problem
                                f"{repo} is a gated repository: the download needs a token of an account that accepted "
                                "its licence; fix: export HF_TOKEN in the submitting shell (passed to the job by name, "
                                "never written into scripts) or run `huggingface-cli login`"))
-    checks: list[tuple[str, str, Sequence[str], str]] = []
-    if not facts.download_planned:
-        if facts.tokenizer_dir:
-            checks.append(("tokenizer_dir", facts.tokenizer_dir,
-                           ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"),
-                           "a Hugging Face tokenizer (tokenizer.json)"))
-        if facts.convert_planned and facts.hf_model_dir:
-            checks.append(("hf_model_dir", facts.hf_model_dir, ("config.json",), "a Hugging Face model (config.json)"))
-    if not facts.convert_planned and facts.base_checkpoint:
-        checks.append(("base_checkpoint", facts.base_checkpoint, ("context", "weights"),
-                       "a NeMo 2 checkpoint (context/, weights/)"))
-    for where, path, names, what in checks:
-        host = _host_view(path, facts)
-        if host is None:
-            out.append(Problem("error", f"{where} {path}", f"{path} is not visible inside the container: no mount "
-                                                           f"covers it (mounts: {_mount_hint(facts)})"))
-        elif not fs.is_dir(host):
-            fix = ("let the download stage run" if where != "base_checkpoint" else "let the convert stage run")
-            out.append(Problem("error", f"{where} {path}", f"{host} does not exist; it should hold {what}; fix: "
-                                                           f"{fix} or correct the path"))
-        elif not _dir_has(fs, host, names):
-            out.append(Problem("error", f"{where} {path}", f"{host} holds no {' / '.join(names)}; it should hold "
-                                                           f"{what}"))
-    if not facts.download_planned and not offline and facts.tokenizer_dir:
+    if facts.tokenizer_dir and not (need_download and facts.download_planned
+                                    and facts.tokenizer_dir == model_dir):
+        st = _dir_state(fs, facts, facts.tokenizer_dir, tok_names)
+        if st != "ok":
+            out.append(Problem("error", f"tokenizer_dir {facts.tokenizer_dir}",
+                               f"{_host_view(facts.tokenizer_dir, facts) or facts.tokenizer_dir}: {st}; it should "
+                               "hold a Hugging Face tokenizer (tokenizer.json); without it NeMo falls back to the GPT-2 "
+                               "tokenizer; fix: let the download stage fill it or correct the path"))
+    if facts.base_checkpoint and not facts.convert_planned:
+        st = _dir_state(fs, facts, facts.base_checkpoint, ("context", "weights"))
+        if st != "ok":
+            out.append(Problem("error", f"base_checkpoint {facts.base_checkpoint}",
+                               f"{_host_view(facts.base_checkpoint, facts) or facts.base_checkpoint}: {st}; it should "
+                               "hold a NeMo 2 checkpoint (context/, weights/); fix: let the convert stage run"))
+    if model_state == "ok" and not need_download and not offline and model_dir:
         out.append(Problem("warning", "env HF_HUB_OFFLINE",
                            "the model is local but HF_HUB_OFFLINE is not set: transformers may still contact the "
-                           "hub (and fail on a cluster without internet); fix: set HF_HUB_OFFLINE=1 for the job"))
+                           "hub (and fail on nodes without internet); fix: set HF_HUB_OFFLINE=1 for the job"))
     return out
+
+
+def check_container_image(facts: PreflightFacts) -> list[Problem]:
+    """A container profile names its image."""
+    if facts.uses_container and not (facts.container_image or "").strip():
+        return [Problem("error", "container.image", "this profile runs the job in a container but names no image; "
+                                                    "fix: --container-image nvcr.io/nvidia/nemo:25.02.01 (a NeMo 2 "
+                                                    "container, <= 25.11)")]
+    return []
+
+
+def check_mounts(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
+    """Every mount's host side exists (otherwise the container runtime fails at job start)."""
+    return [Problem("error", f"mount {host}:{cont}", f"host path {host} does not exist; the container runtime fails "
+                                                     "at start; fix: create it or correct the profile's storage")
+            for host, cont in facts.mounts if not fs.exists(host)]
 
 
 def check_container(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
-    """A container profile names its image; every mount's host side exists."""
-    out: list[Problem] = []
-    if facts.uses_container and not (facts.container_image or "").strip():
-        out.append(Problem("error", "container.image", "this profile runs the job in a container but names no image; "
-                                                       "fix: --container-image nvcr.io/nvidia/nemo:25.02.01 (a NeMo 2 "
-                                                       "container, <= 25.11)"))
-    for host, cont in facts.mounts:
-        if not fs.exists(host):
-            out.append(Problem("error", f"mount {host}:{cont}", f"host path {host} does not exist; the container "
-                                                                "runtime fails at start; fix: create it or correct "
-                                                                "the profile's storage"))
-    return out
+    """Image given for container profiles; host paths of mounts exist."""
+    return check_container_image(facts) + check_mounts(facts, fs)
 
 
 def check_checkpoint_dir(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
@@ -392,6 +419,8 @@ def check_checkpoint_dir(facts: PreflightFacts, fs: FileSystemView) -> list[Prob
         return [Problem("error", f"checkpoint_dir {facts.checkpoint_dir}",
                         f"{host} already holds checkpoints; decide explicitly: --resume (continue this run) or a new "
                         "--run-name (start fresh)")]
+    if facts.resume == "auto":
+        return []
     if facts.resume == "resume" and not has:
         return [Problem("warning", f"checkpoint_dir {facts.checkpoint_dir}",
                         f"resume asked, but {host} holds no checkpoint: training starts from the base weights")]
@@ -412,34 +441,107 @@ def _safe_listdir(fs: FileSystemView, path: str) -> list[str]:
 def check_memory(facts: PreflightFacts) -> list[Problem]:
     """Predicted peak GPU memory (and host memory for offloaded state) within capacity."""
     m = facts.memory
-    if m is None:
-        return []
+    peak = m.total_gib if m is not None else facts.predicted_peak_gib
+    strategy = m.strategy if m is not None else facts.strategy
     out: list[Problem] = []
-    if facts.capacity_gib and m.total_gib > facts.capacity_gib:
+    if facts.capacity_gib and peak > facts.capacity_gib:
+        detail = ""
+        if m is not None:
+            detail = (f", peak at {m.phase}: weights {m.weights_gib:.1f}, grads {m.grads_gib:.1f}, optimizer "
+                      f"{m.optimizer_gib:.1f}, setup transient {m.setup_transient_gib:.1f}, activations "
+                      f"{m.activations_gib:.1f}, logits {m.logits_gib:.1f}")
         out.append(Problem("error", "memory",
-                           f"predicted peak {m.total_gib:.1f} GiB per GPU > {facts.capacity_gib:.1f} GiB (strategy "
-                           f"{m.strategy}, peak at {m.phase}: weights {m.weights_gib:.1f}, grads {m.grads_gib:.1f}, "
-                           f"optimizer {m.optimizer_gib:.1f}, activations {m.activations_gib:.1f}, logits "
-                           f"{m.logits_gib:.1f}); fix: let the planner choose (drop pinned --tp/--pp/--cp/--mbs/"
+                           f"predicted peak {peak:.1f} GiB per GPU > {facts.capacity_gib:.1f} GiB (strategy "
+                           f"{strategy}{detail}); fix: let the planner choose (drop pinned --tp/--pp/--cp/--mbs/"
                            "--recompute), --recompute full or --optimizer-offload on"))
-    if m.host_gib and facts.host_capacity_gib and facts.host_need_gib > facts.host_capacity_gib:
+    if facts.host_capacity_gib and facts.host_need_gib > facts.host_capacity_gib:
         out.append(Problem("error", "memory", f"offloaded optimizer state needs {facts.host_need_gib:.0f} GiB of host "
                                               f"memory per node > {facts.host_capacity_gib:.0f} GiB; fix: more nodes "
                                               "(shards it) or --optimizer-offload off on larger GPUs"))
     return out
 
 
-def run_preflight(facts: PreflightFacts, fs: FileSystemView | None = None) -> list[Problem]:
-    """Every check; every problem at once (errors first, then warnings)."""
+def run_preflight(facts: PreflightFacts, fs: FileSystemView | None = None, *,
+                  filesystem: bool = True) -> list[Problem]:
+    """Every check; every problem at once (errors first, then warnings).
+
+    ``filesystem=False`` runs only the checks that need no file (parallelism, NVTE_*, container image, memory):
+    for a dry run on a machine that does not see the cluster's storage.
+    """
     fs = fs or RealFileSystem()
     out = (check_parallelism(facts.model, facts.parallelism, facts.gpus, facts.seq_length)
            + check_attention_env(facts.attention, facts.env)
-           + check_container(facts, fs)
-           + check_data(facts, fs)
-           + check_model_files(facts, fs)
-           + check_checkpoint_dir(facts, fs)
-           + check_memory(facts))
+           + check_memory(facts)
+           + check_container_image(facts))
+    if filesystem:
+        out += (check_mounts(facts, fs) + check_data(facts, fs) + check_model_files(facts, fs)
+                + check_checkpoint_dir(facts, fs))
     return [p for p in out if p.severity == "error"] + [p for p in out if p.severity != "error"]
+
+
+def _parse_blend(items: Sequence[object]) -> list[tuple[float, str]]:
+    """Megatron's data_prefix list: ``[prefix]`` or ``[w1, prefix1, w2, prefix2, ...]``."""
+    if all(isinstance(x, str) for x in items):
+        return [(1.0, str(x)) for x in items]
+    out: list[tuple[float, str]] = []
+    for i in range(0, len(items) - 1, 2):
+        w, p = items[i], items[i + 1]
+        out.append((float(w) if isinstance(w, (int, float)) else 1.0, str(p)))
+    return out
+
+
+def facts_from_plan(plan: Any, env: Mapping[str, str]) -> PreflightFacts:
+    """Facts of a ``launcher.plan.LaunchPlan`` (duck-typed: no import of the plan module).
+
+    ``env`` is the submitting shell's environment; the job sees it with the plan's own ``env`` on top (Slurm and
+    the local/docker executors pass it through), so NVTE_* and HF_* are checked on that merge.
+    """
+    t = plan.jobspec.train
+    stages = {s.name: s for s in plan.stages}
+
+    def active(name: str) -> bool:
+        s = stages.get(name)
+        return s is not None and s.skip_reason is None
+
+    planned: set[str] = set()
+    if active("tokenize"):
+        planned = {str(v) for v in stages["tokenize"].outputs.values()}
+    mem = dict(plan.memory or {})
+    hw = plan.profile.hardware
+    return PreflightFacts(
+        model=plan.model,
+        parallelism=plan.parallelism,
+        gpus=plan.gpus,
+        seq_length=t.seq_length,
+        max_steps=t.max_steps,
+        attention=t.attention,
+        env={**env, **plan.env},
+        train_data=_parse_blend(t.train_data),
+        valid_data=[p for _, p in _parse_blend(t.valid_data)],
+        test_data=[p for _, p in _parse_blend(t.test_data)],
+        planned_prefixes_host=frozenset(planned),
+        mounts=tuple(plan.mounts),
+        uses_container=getattr(plan.profile, "container", None) is not None,
+        container_image=plan.container_image,
+        tokenizer_dir=t.tokenizer_dir,
+        hf_model_dir=plan.jobspec.convert.hf_model_dir,
+        base_checkpoint=t.base_checkpoint,
+        download_planned=active("download"),
+        convert_planned=active("convert"),
+        checkpoint_dir=t.checkpoint_dir,
+        resume=getattr(plan, "resume", "auto"),
+        predicted_peak_gib=float(mem.get("predicted_peak_gib", 0.0)),
+        strategy=str(mem.get("strategy", "")),
+        capacity_gib=float(mem.get("capacity_gib", getattr(hw, "gpu_memory", 0.0))),
+        host_need_gib=float(mem.get("host_gib", 0.0)),
+        host_capacity_gib=float(mem.get("host_capacity_gib", getattr(hw, "host_memory_gib", 0.0))),
+    )
+
+
+def check_plan(plan: Any, env: Mapping[str, str], fs: FileSystemView | None = None, *,
+               filesystem: bool = True) -> list[Problem]:
+    """Pre-flight of a whole ``LaunchPlan``: what ``cpt-launch`` runs before submitting and ``cpt-launch check``."""
+    return run_preflight(facts_from_plan(plan, env), fs, filesystem=filesystem)
 
 
 def _divs(n: int) -> str:
