@@ -1,0 +1,173 @@
+"""Pure planning: stages, resources, parallelism, paths and scripts, with no side effects."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from launcher.errors import ConfigError
+from launcher.plan import Overrides, PlanContext, build_plan
+from launcher.profiles import load_profile
+
+CTX = PlanContext(code_dir="/src/cpt-launch", command="cpt-launch --cluster dgx-h100 --nodes 4", run_name="r1")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def plan(cluster: str = "dgx-h100", **ov: object):  # type: ignore[no-untyped-def]
+    return build_plan(load_profile(cluster), Overrides(**ov), CTX)  # type: ignore[arg-type]
+
+
+def test_four_dgx_nodes_have_32_gpus_and_a_consistent_split() -> None:
+    p = plan(nodes=4)
+    par = p.parallelism
+    assert p.gpus == 32 and par.tp * par.pp * par.cp * par.dp == 32
+    assert par.gbs == 1024 and par.gbs % (par.mbs * par.dp) == 0
+    assert [s.name for s in p.stages] == ["download", "convert", "tokenize", "train", "export"]
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 4, 8])
+def test_nodes_rederives_parallelism(nodes: int) -> None:
+    par = plan(nodes=nodes).parallelism
+    assert par.world_size == nodes * 8
+    assert 1024 % (par.mbs * par.dp) == 0
+
+
+def test_seed_cpt_settings_are_the_defaults() -> None:
+    t = plan().jobspec.train
+    o = t.optim
+    assert (o.lr, o.min_lr, o.warmup_steps, o.weight_decay, o.adam_beta1, o.adam_beta2, o.clip_grad) == (
+        2.5e-5, 2.5e-6, 15, 0.1, 0.9, 0.95, 1.0)
+    assert (t.max_steps, t.parallelism.gbs, t.seq_length, t.val_check_interval, t.precision) == (
+        150, 1024, 8192, 15, "bf16-mixed")
+
+
+def test_overrides_reach_the_job_spec() -> None:
+    p = plan(nodes=2, max_steps=30, gbs=256, seq_length=4096, run_name="mine", container_image="img:1")
+    t = p.jobspec.train
+    assert (t.max_steps, t.parallelism.gbs, t.seq_length, p.run, p.container_image) == (30, 256, 4096, "mine", "img:1")
+    assert p.run_dir == "/lustre/cpt/runs/mine" and p.job_run_dir == "/results/mine"
+
+
+def test_cpu_stages_hold_no_gpus_and_train_holds_all() -> None:
+    p = plan(nodes=4)
+    for s in p.stages:
+        if s.name == "train":
+            assert (s.resources.kind, s.resources.nodes, s.resources.gpus_per_node) == ("gpu", 4, 8)
+            assert s.resources.ntasks_per_node == 8 and s.resources.partition == "batch"
+        else:
+            assert (s.resources.kind, s.resources.gpus_per_node, s.resources.nodes) == ("cpu", 0, 1)
+            assert s.resources.partition == "cpu"
+            assert "export CUDA_VISIBLE_DEVICES=''" in s.script
+
+
+def test_dependencies_chain_the_pipeline() -> None:
+    deps = {s.name: s.depends_on for s in plan().stages}
+    assert deps == {"download": (), "convert": ("download",), "tokenize": ("download",),
+                    "train": ("convert", "tokenize"), "export": ("train",)}
+
+
+def test_jsonl_data_is_tokenized_and_prefixes_skip_the_stage() -> None:
+    p = plan(data=("ja_wiki/train_*.jsonl.gz",), valid_data=("ja_wiki/validation_0.jsonl.gz",))
+    tok = p.stage("tokenize")
+    assert tok.skip_reason is None
+    assert "--input '/data/ja_wiki/train_*.jsonl.gz'" in tok.script
+    assert p.jobspec.train.train_data == ["/data/tokenized/ja_wiki_train_text_document"]
+    p2 = plan(data=("/lustre/cpt/data/tok/ja_text_document",), valid_data=("/lustre/cpt/data/tok/va_text_document",))
+    assert p2.stage("tokenize").skip_reason is not None
+    assert p2.stage("train").depends_on == ("convert",)
+    assert p2.jobspec.train.train_data == ["/data/tok/ja_text_document"]  # as the container sees it
+    assert "tokenize" not in [s.name for s in p2.active_stages]
+
+
+def test_weighted_blend_of_several_prefixes() -> None:
+    p = plan(data=("/lustre/cpt/data/a_text_document", "/lustre/cpt/data/b_text_document"))
+    assert p.jobspec.train.train_data == [1.0, "/data/a_text_document", 1.0, "/data/b_text_document"]
+
+
+def test_container_paths_and_mounts() -> None:
+    p = plan()
+    assert ("/src/cpt-launch", "/opt/cpt-launch") in p.mounts
+    t = p.jobspec.train
+    assert t.tokenizer_dir == "/models/Llama-3.1-8B" and t.base_checkpoint == "/models/Llama-3.1-8B-nemo"
+    assert t.checkpoint_dir == "/results/r1/checkpoints"
+    assert p.stage("train").job_script_path == "/results/r1/scripts/train.sh"
+    assert "export PYTHONPATH=/opt/cpt-launch" in p.stage("train").script
+
+
+def test_local_profiles_use_host_paths_and_torchrun() -> None:
+    p = plan("single-node")
+    tr = p.stage("train")
+    assert tr.launcher == "torchrun" and "--nproc-per-node=8" in tr.script
+    assert p.mounts == () and p.jobspec.train.checkpoint_dir == "/data/cpt/runs/r1/checkpoints"
+    w = plan("workstation-48gb")
+    assert w.stage("train").launcher == "none" and w.gpus == 1
+
+
+def test_bad_overrides_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as ei:
+        plan(nodes=99, model="gpt-5", run_name="bad name", container_image="x")
+    wheres = sorted(p.where for p in ei.value.problems)
+    assert wheres == ["--model", "--nodes", "--run-name"]
+    msg = str(ei.value)
+    assert "nodes=99: dgx-h100 allows 1..64" in msg and "model=gpt-5: allowed: llama3.1-8b" in msg
+    with pytest.raises(ConfigError) as ei2:
+        plan("workstation-48gb", container_image="img")
+    assert "--container-image" in str(ei2.value)
+
+
+def test_secrets_are_named_never_valued() -> None:
+    p = plan()
+    text = json.dumps(p.to_json())
+    assert "HF_TOKEN" in text  # the name travels
+    for s in p.stages:
+        assert "HF_TOKEN=" not in s.script and "WANDB_API_KEY=" not in s.script
+
+
+def test_scripts_quote_values_and_start_strict() -> None:
+    p = plan(data=("ja wiki/train_*.jsonl",))
+    for s in p.active_stages:
+        assert s.script.startswith("#!/bin/bash\n# Generated by cpt-launch")
+        assert "set -euo pipefail" in s.script and "set -x" not in s.script
+    assert "--input '/data/ja wiki/train_*.jsonl'" in p.stage("tokenize").script
+
+
+def test_planning_is_pure_and_independent_of_the_environment() -> None:
+    """No subprocess, no file write, no mkdir while planning; the same plan whatever the environment says."""
+    code = textwrap.dedent("""
+        import json, os, sys
+        events = []
+        armed = [False]
+        def hook(ev, args):
+            if not armed[0]:
+                return
+            if ev in ("subprocess.Popen", "os.system", "os.mkdir", "os.rename", "os.remove", "shutil.rmtree",
+                      "os.exec", "os.posix_spawn", "os.fork"):
+                events.append(ev)
+            if ev == "open" and len(args) > 1 and isinstance(args[1], str) and any(c in args[1] for c in "wax+"):
+                events.append(("open-write", str(args[0])))
+        sys.addaudithook(hook)
+        from launcher.plan import Overrides, PlanContext, build_plan
+        from launcher.profiles import load_profile
+        prof = load_profile("dgx-h100")
+        ctx = PlanContext(code_dir="/src", command="c", run_name="r")
+        armed[0] = True
+        p = build_plan(prof, Overrides(nodes=4), ctx)
+        armed[0] = False
+        print(json.dumps({"events": events, "plan": p.to_json(),
+                          "heavy": sorted(m for m in ("torch", "nemo", "nemo_run") if m in sys.modules)}))
+    """)
+    outs = []
+    for extra in ({}, {"HF_TOKEN": "x", "SLURM_JOB_ID": "7", "NEMORUN_HOME": "/nowhere", "USER": "someone"}):
+        # no bytecode cache: writing .pyc files on a first import is Python's, not planning's
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", **extra}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads(r.stdout))
+    assert outs[0]["events"] == [] and outs[0]["heavy"] == []
+    assert outs[0]["plan"] == outs[1]["plan"]
