@@ -442,6 +442,8 @@ def plan(hardware: Hardware, nodes: int, model: ModelSpec, gbs: int, seq_length:
                          gpn=hardware.gpus_per_node, layers=model.num_layers, seq=seq_length, gbs=gbs)
              for k, v in _RULES.items()}
 
+    if not universe:
+        raise ConfigError([_gbs_problem(model, hardware, world, gbs, seq_length)])
     if not matching:
         # Some pinned value is structurally impossible: name each such knob, with what is allowed given the others.
         for name in _pinned_names(pins):
@@ -484,6 +486,19 @@ def plan(hardware: Hardware, nodes: int, model: ModelSpec, gbs: int, seq_length:
                       candidates=ranked,
                       explanation=_explain(hardware, model, pins, chosen, matching, universe, gbs, seq_length, nodes,
                                            offload_strategy, coeffs, speed))
+
+
+def _gbs_problem(model: ModelSpec, hw: Hardware, world: int, gbs: int, seq: int) -> Problem:
+    """No split of the GPUs has a DP that divides GBS: say which GBS values would work."""
+    dps = sorted({world // (tp * pp * cp)
+                  for tp in _divisors(model.num_attention_heads) if _tp_ok(model, hw, world, tp)
+                  for pp in _divisors(model.num_layers) if world % (tp * pp) == 0
+                  for cp in (1, 2, 4, 8, 16, 32) if world % (tp * pp * cp) == 0 and seq % (2 * cp if cp > 1 else 1) == 0})
+    near = sorted({k * d for d in dps for k in (max(1, gbs // d), gbs // d + 1) if k >= 1}, key=lambda g: (abs(g - gbs), g))
+    return Problem("error", "--gbs", f"gbs={gbs}: on {world} GPUs no split of {model.name} has a data-parallel size "
+                                     f"that divides it (DP can be {', '.join(map(str, dps))}); GBS must be a multiple "
+                                     f"of MBS x DP; nearest that works: {', '.join(f'--gbs {g}' for g in near[:2])}, "
+                                     "or another --nodes")
 
 
 def _with_relative(c: Candidate, top: float) -> Candidate:
