@@ -219,10 +219,10 @@ def check_parallelism(model: ModelSpec, par: Parallelism, gpus: int, seq_length:
         out.append(Problem("error", "--cp", f"cp={par.cp}: context parallel splits each sequence into 2*cp chunks; "
                                             f"seq_length={seq_length} is not divisible by {2 * par.cp}"))
     if par.sequence_parallel and par.tp == 1:
-        out.append(Problem("warning", "parallelism", "sequence_parallel=True with tp=1 has no effect "
+        out.append(Problem("warning", "sequence_parallel", "sequence_parallel=True with tp=1 has no effect "
                                                      "(megatron turns it off)"))
     if par.tp > 1 and not par.sequence_parallel:
-        out.append(Problem("warning", "parallelism", f"tp={par.tp} without sequence parallel: activations are "
+        out.append(Problem("warning", "sequence_parallel", f"tp={par.tp} without sequence parallel: activations are "
                                                      "replicated across the TP group; turn it on"))
     return out
 
@@ -331,6 +331,11 @@ def _dir_state(fs: FileSystemView, facts: PreflightFacts, path: str, names: Sequ
     return "ok" if _dir_has(fs, host, names) else "empty"
 
 
+def _is_under(path: str, parent: str) -> bool:
+    p, q = os.path.normpath(path), os.path.normpath(parent)
+    return p == q or p.startswith(q.rstrip("/") + "/")
+
+
 def check_model_files(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
     """Tokenizer, HF weights and the base checkpoint present, or the stage that makes them planned;
     HF offline mode and gated-repo access consistent. Tokens are named, never shown."""
@@ -342,11 +347,15 @@ def check_model_files(facts: PreflightFacts, fs: FileSystemView) -> list[Problem
     tok_names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
     model_dir = facts.hf_model_dir or facts.tokenizer_dir
     model_state = _dir_state(fs, facts, model_dir, hf_names) if model_dir else "ok"
-    need_download = model_state != "ok" and (facts.convert_planned or not facts.base_checkpoint)
+    # the HF weights are needed when convert runs (or there is no converted checkpoint); the tokenizer always
+    model_needed = facts.convert_planned or not facts.base_checkpoint
+    tok_state = _dir_state(fs, facts, facts.tokenizer_dir, tok_names) if facts.tokenizer_dir else "ok"
+    download_fills_tok = bool(model_dir) and _is_under(facts.tokenizer_dir, model_dir)
+    need_download = (model_needed and model_state != "ok") or (tok_state != "ok" and download_fills_tok)
     if model_state == "invisible":
         out.append(Problem("error", f"hf_model_dir {model_dir}", f"{model_dir} is not visible inside the container: "
                                                                  f"no mount covers it (mounts: {_mount_hint(facts)})"))
-    elif need_download and not facts.download_planned:
+    elif need_download and not facts.download_planned and model_state != "ok":
         out.append(Problem("error", f"hf_model_dir {model_dir}",
                            f"{_host_view(model_dir, facts)} holds no Hugging Face model ({model_state}: no "
                            "config.json) and no download stage is planned; fix: let the download stage run or "
@@ -364,14 +373,11 @@ def check_model_files(facts: PreflightFacts, fs: FileSystemView) -> list[Problem
                                f"{repo} is a gated repository: the download needs a token of an account that accepted "
                                "its licence; fix: export HF_TOKEN in the submitting shell (passed to the job by name, "
                                "never written into scripts) or run `huggingface-cli login`"))
-    if facts.tokenizer_dir and not (need_download and facts.download_planned
-                                    and facts.tokenizer_dir == model_dir):
-        st = _dir_state(fs, facts, facts.tokenizer_dir, tok_names)
-        if st != "ok":
-            out.append(Problem("error", f"tokenizer_dir {facts.tokenizer_dir}",
-                               f"{_host_view(facts.tokenizer_dir, facts) or facts.tokenizer_dir}: {st}; it should "
-                               "hold a Hugging Face tokenizer (tokenizer.json); without it NeMo falls back to the GPT-2 "
-                               "tokenizer; fix: let the download stage fill it or correct the path"))
+    if tok_state != "ok" and not (download_fills_tok and facts.download_planned) and model_state != "invisible":
+        out.append(Problem("error", f"tokenizer_dir {facts.tokenizer_dir}",
+                           f"{_host_view(facts.tokenizer_dir, facts) or facts.tokenizer_dir}: {tok_state}; it should "
+                           "hold a Hugging Face tokenizer (tokenizer.json); without it NeMo falls back to the GPT-2 "
+                           "tokenizer; fix: let the download stage fill it or correct the path"))
     if facts.base_checkpoint and not facts.convert_planned:
         st = _dir_state(fs, facts, facts.base_checkpoint, ("context", "weights"))
         if st != "ok":
