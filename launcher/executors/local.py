@@ -53,6 +53,9 @@ class NemoRunLocal(Backend):
         nr_home = Path(plan.run_dir) / "nemo_run"
         os.environ["NEMORUN_HOME"] = str(nr_home)  # read by nemo_run at import
         import nemo_run as run  # heavy (imports torch): only when running
+        from nemo_run.config import set_nemorun_home
+
+        set_nemorun_home(str(nr_home))  # in case nemo_run was imported before NEMORUN_HOME was set
         failed: str | None = None
         for stage in plan.active_stages:
             rec = manifest.stages[stage.name]

@@ -8,7 +8,7 @@ import re
 import sys
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from launcher.executors.base import TERMINAL, Backend
 from launcher.manifest import Manifest
@@ -64,11 +64,16 @@ class NemoRunSlurm(Backend):
         # nemo_run reads NEMORUN_HOME when imported: keep its state in the run dir, not ~/.nemo_run
         os.environ["NEMORUN_HOME"] = str(nr_home)
         import nemo_run as run  # heavy (imports torch): only when submitting
+        from nemo_run.config import set_nemorun_home
+
+        set_nemorun_home(str(nr_home))  # in case nemo_run was imported before NEMORUN_HOME was set
         # job_dir="": nemo_run then writes the sbatch files under NEMORUN_HOME's experiment dir, which it also
         # submits from (a non-empty job_dir makes it submit a path it never wrote).
         tunnel = run.LocalTunnel(job_dir="")
         handles: dict[str, Any] = {}
-        with contextlib.redirect_stdout(sys.stderr), run.Experiment(plan.run, log_level="WARN") as exp:
+        # nemo_run's tunnel (invoke) copies our stdin to every command it runs; it must never wait on it.
+        with open(os.devnull) as devnull, contextlib.redirect_stdout(sys.stderr), _stdin(devnull), \
+                run.Experiment(plan.run, log_level="WARN") as exp:
             for stage in plan.active_stages:
                 ex = run.SlurmExecutor(tunnel=tunnel, packager=run.Packager(), **slurm_executor_kwargs(plan, stage))
                 deps = [handles[d] for d in stage.depends_on if d in handles]
@@ -101,6 +106,16 @@ class NemoRunSlurm(Backend):
         if live:
             subprocess.run(["scancel", *[r.job_id for r in live if r.job_id]], check=True)
         return [r.name for r in live]
+
+
+@contextlib.contextmanager
+def _stdin(stream: Any) -> Iterator[None]:
+    old = sys.stdin
+    sys.stdin = stream
+    try:
+        yield
+    finally:
+        sys.stdin = old
 
 
 def _job_id(handle: str) -> str:

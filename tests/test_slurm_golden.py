@@ -1,0 +1,83 @@
+"""The sbatch scripts nemo_run's SlurmExecutor submits for dgx-h100 (Pyxis), compared with golden files.
+
+Pyxis/enroot cannot run here, so the one seam patched is the tunnel's shell command: `sbatch` is recorded
+instead of run, and the script nemo_run wrote is compared in full. Everything else (nemo_run's Experiment,
+executors, templates, dependencies) runs for real.
+Refresh after an intended change: CPT_UPDATE_GOLDEN=1 python -m pytest tests/test_slurm_golden.py
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from launcher.manifest import write_run_dir
+from launcher.plan import Overrides, PlanContext, build_plan
+from launcher.profiles import parse_profile
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = REPO / "tests" / "golden" / "nemo_run"
+ROOT = "/tmp/cpt-golden"  # fixed, so the scripts are byte-stable
+
+
+def _profile() -> Any:
+    text = (REPO / "clusters" / "dgx-h100.yaml").read_text().replace("/lustre/cpt", ROOT)
+    return parse_profile(text, "clusters/dgx-h100.yaml")
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 4, 8])
+def test_dgx_h100_pyxis_scripts_match_golden(nodes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("nemo_run")
+    from nemo_run.core.tunnel.client import LocalTunnel
+
+    from launcher.executors.slurm import NemoRunSlurm
+
+    shutil.rmtree(ROOT, ignore_errors=True)
+    monkeypatch.setenv("HF_TOKEN", "hf_PLANTEDSECRET0000")
+    submitted: list[str] = []
+    real_run = LocalTunnel.run
+
+    def fake_run(self: Any, command: str, *a: Any, **kw: Any) -> Any:
+        if command.startswith("sbatch"):
+            submitted.append(command)
+            return SimpleNamespace(stdout=f"{1000 + len(submitted)}\n", stderr="", return_code=0)
+        if command.startswith(("sacct", "squeue")):  # no cluster here: nothing is known about the jobs yet
+            return SimpleNamespace(stdout="", stderr="", return_code=0)
+        return real_run(self, command, *a, **kw)
+
+    monkeypatch.setattr(LocalTunnel, "run", fake_run)
+    ctx = PlanContext(code_dir="/src/cpt-launch", command=f"cpt-launch --cluster dgx-h100 --nodes {nodes}",
+                      run_name=f"golden-{nodes}n")
+    plan = build_plan(_profile(), Overrides(nodes=nodes), ctx)
+    manifest = NemoRunSlurm().submit(plan, write_run_dir(plan, "nemo-run-slurm"))
+    try:
+        assert [r.job_id for r in manifest.stages.values()] == ["1001", "1002", "1003", "1004", "1005"]
+        # afterok chaining, in the order nemo_run submitted
+        deps = [re.findall(r"--dependency=(\S+)", c) for c in submitted]
+        assert deps == [[], ["afterok:1001"], ["afterok:1001"], ["afterok:1002:1003"], ["afterok:1004"]]
+        texts = {}
+        for name, cmd in zip(manifest.stages, submitted):
+            script = Path(cmd.split()[-1]).read_text()
+            assert "hf_PLANTEDSECRET0000" not in script
+            texts[name] = re.sub(r"golden-\dn_\d{10,}", "<EXP_ID>", script)
+        train = texts["train"]
+        assert f"#SBATCH --nodes={nodes}" in train and "#SBATCH --ntasks-per-node=8" in train
+        assert "--container-image nvcr.io/nvidia/nemo:25.02.01" in train
+        assert "--container-env HF_TOKEN,WANDB_API_KEY" in train
+        assert f"--container-mounts {ROOT}/runs:/results,{ROOT}/models:/models" in train
+        assert "#SBATCH --gres" not in texts["download"] and "#SBATCH --partition=cpu" in texts["download"]
+        for name, text in texts.items():
+            gold = GOLDEN / f"dgx-h100-{nodes}n-{name}.sbatch"
+            if os.environ.get("CPT_UPDATE_GOLDEN"):
+                gold.parent.mkdir(parents=True, exist_ok=True)
+                gold.write_text(text)
+            assert gold.is_file(), f"missing golden file {gold}; create with CPT_UPDATE_GOLDEN=1"
+            assert text == gold.read_text(), f"{gold} differs (refresh with CPT_UPDATE_GOLDEN=1 if intended)"
+    finally:
+        shutil.rmtree(ROOT, ignore_errors=True)
