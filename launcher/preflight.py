@@ -360,7 +360,7 @@ def check_model_files(facts: PreflightFacts, fs: FileSystemView) -> list[Problem
                            f"{_host_view(model_dir, facts)} holds no Hugging Face model ({model_state}: no "
                            "config.json) and no download stage is planned; fix: let the download stage run or "
                            "point --model-dir at a downloaded model"))
-    elif need_download:
+    elif need_download and facts.download_planned:
         if offline:
             out.append(Problem("error", f"env {offline[0]}",
                                f"{offline[0]} is on, but {repo} is not in {_host_view(model_dir, facts)} and the "
