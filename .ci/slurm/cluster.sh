@@ -132,7 +132,8 @@ KillWait=2
 MinJobAge=60
 InactiveLimit=0
 Waittime=0
-SlurmdTimeout=60
+# A stopped slurmd (the node-failure test) marks its node DOWN, and requeues its jobs, within ~25 s (default 300).
+SlurmdTimeout=20
 MessageTimeout=10
 # Start jobs (and released dependents) within about a second instead of the default minute.
 SchedulerType=sched/backfill
