@@ -184,6 +184,30 @@ class PlanChoice:
     def optimizer_offload(self) -> bool:
         return self.chosen.offload
 
+    def recompute_settings(self) -> dict[str, object]:
+        """megatron-core recompute settings that match what the memory model assumed.
+
+        "full" means every layer's input is checkpointed and layers are recomputed one at a time:
+        ``recompute_method="uniform", recompute_num_layers=1``. (``uniform`` with N > 1 recomputes chunks of N layers
+        and holds a whole chunk's activations during the backward pass -- with N = L/pp that is no saving at all.)
+        """
+        if self.recompute == "full":
+            return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+        if self.recompute == "selective":
+            return {"recompute_granularity": "selective", "recompute_method": None, "recompute_num_layers": None}
+        return {"recompute_granularity": None, "recompute_method": None, "recompute_num_layers": None}
+
+    def candidates_json(self, limit: int = 20) -> list[dict[str, object]]:
+        """The --explain table as data (best first)."""
+        out: list[dict[str, object]] = []
+        for c in self.candidates[:limit]:
+            p = c.parallelism
+            out.append({"tp": p.tp, "pp": p.pp, "cp": p.cp, "dp": p.dp, "mbs": p.mbs, "recompute": c.recompute,
+                        "strategy": c.strategy, "predicted_peak_gib": round(c.memory.total_gib, 2),
+                        "host_gib": round(c.host_need_gib, 1), "fits": c.fits,
+                        "relative_speed": round(c.relative_speed, 3), "chosen": c is self.chosen})
+        return out
+
     def memory_json(self) -> dict[str, object]:
         """The ``"memory"`` object of ``cpt-launch plan --json``."""
         m = self.chosen.memory
@@ -597,6 +621,19 @@ def _explain(hw: Hardware, model: ModelSpec, pins: Pins, chosen: Candidate, matc
              f"{p.dp * p.cp}) for {exp} {model.name}, GBS {gbs}, seq {seq}: the fastest of {n_fit} fitting "
              f"candidates by the planner's throughput model (plans above 92% of GPU memory rank 3% lower); predicted peak {chosen.memory.total_gib:.1f} of "
              f"{chosen.capacity_gib:.1f} GiB per GPU (strategy {chosen.strategy})."]
+    if chosen.tight:
+        opts = []
+        if chosen.recompute != "full":
+            opts.append("--recompute full")
+        if p.mbs > 1:
+            opts.append("--mbs 1")
+        if p.world_size > 1:
+            opts.append("a larger --tp or --cp")
+        opts.append(f"a shorter --seq-length (activations {chosen.memory.activations_gib:.1f} GiB and logits "
+                    f"{chosen.memory.logits_gib:.1f} GiB scale with it)")
+        lines.append(f"Close call: the prediction is above {sc.tight_memory_fraction:.0%} of GPU memory, and the "
+                     "memory model's coefficients are still to be fitted to measured peaks (training issue); if this "
+                     "runs out of memory: " + ", ".join(opts) + ".")
     on_gpu = [c for c in matching if c.strategy == "gpu"]
     if chosen.offload and chosen.peft == "none":
         smallest_gpu = min((c for c in universe if c.strategy == "gpu"), key=lambda c: c.memory.total_gib,
