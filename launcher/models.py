@@ -49,7 +49,7 @@ class ModelSpec:
         h, f, L, v = self.hidden_size, self.ffn_hidden_size, self.num_layers, self.vocab_size
         kv = self.num_query_groups * self.head_dim
         matmul_params = L * (2 * h * h + 2 * h * kv + 3 * h * f) + v * h
-        attn = 12 * L * h * seq_length  # QK^T and AV, fwd + bwd (x3), 2 FLOPs per MAC
+        attn: float = 12 * L * h * seq_length  # QK^T and AV, fwd + bwd (x3), 2 FLOPs per MAC
         if causal:
             attn /= 2
         return 6 * matmul_params + attn
