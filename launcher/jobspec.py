@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Recompute = Literal["none", "selective", "full"]
-Attention = Literal["te", "sdpa"]  # te: Transformer Engine (real NGC containers); sdpa: torch SDPA (no TE)
+# te: Transformer Engine (real NGC containers); sdpa: torch SDPA (no TE); auto: te if importable at job time
+Attention = Literal["te", "sdpa", "auto"]
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,15 @@ class TrainSpec:
     val_check_interval: int = 15
     limit_val_batches: int = 8
     ckpt_every_n_steps: int = 15
+    ckpt_keep: int = 2  # newest checkpoints kept (plus the -last link); 8B with optimizer state is ~112 GB each
     precision: Literal["bf16-mixed"] = "bf16-mixed"
     fp8: bool = False
     recompute: Recompute = "none"
     recompute_num_layers: int | None = None
     optimizer_offload: bool = False
     offload_fraction: float = 1.0
+    grad_reduce_in_fp32: bool = True  # fp32 main-grad buffer (4 B/param); False: bf16 grads (2 B/param, workstation)
+    gpu_memory_cap_gib: float | None = None  # emulate a smaller GPU (torch.cuda.set_per_process_memory_fraction)
     peft: Literal["none", "lora"] = "none"
     attention: Attention = "te"
     # data: weighted blend, Megatron style: [w1, prefix1, w2, prefix2, ...] or [prefix]
@@ -81,6 +85,7 @@ class TrainSpec:
     test_data: list[Any] = field(default_factory=list)
     tokenizer_dir: str = ""  # HF tokenizer directory (the downloaded model dir)
     base_checkpoint: str = ""  # converted NeMo checkpoint of the base model (restore_config)
+    random_init: bool = False  # no base checkpoint: start from random weights (tests/benchmarks only; logged loudly)
     checkpoint_dir: str = ""  # this run's own checkpoints (resume_if_exists)
     log_dir: str = ""
     run_name: str = "cpt"
