@@ -314,3 +314,17 @@ def test_check_plan_on_a_real_launch_plan(tmp_path: Path) -> None:
     assert not any(w.startswith(("--data", "valid_data", "env HF", "memory", "parallelism", "--tp")) for w in wheres)
     data_warn = [p for p in problems if p.where.startswith("--data")]
     assert data_warn and "30 tokens" in data_warn[0].message  # 2 steps x 8 x 1024 tokens from 30: repeats
+
+
+def test_read_idx_on_the_data_stage_output(request: pytest.FixtureRequest) -> None:
+    """A real pair written by the data stage (Llama-3.1 tokenizer, Japanese text): our reader agrees with it."""
+    data = pytest.importorskip("launcher.data")
+    if not hasattr(data, "tokenize_jsonl"):
+        pytest.skip("launcher.data.tokenize_jsonl has not landed yet")
+    prefix = str(request.getfixturevalue("japanese_token_prefix"))
+    info = read_idx(FS, prefix + ".idx")
+    assert info.dtype_code == 4  # int32: the Llama-3 vocabulary (128256) does not fit uint16
+    assert info.num_sequences > 1000 and info.num_tokens > 100_000
+    assert Path(prefix + ".bin").stat().st_size == info.num_tokens * info.itemsize
+    if hasattr(data, "count_tokens"):
+        assert data.count_tokens(prefix) == info.num_tokens
