@@ -259,7 +259,8 @@ def estimate(model: ModelSpec, cfg: MemoryConfig, coeffs: MemoryCoefficients = D
     if cfg.fp8:
         notes.append("fp8: bf16 weights and fp32 master stay; TE's FP8 weight copies add ~1 B/param")
     if cfg.distributed_optimizer and shard > 1:
-        notes.append(f"optimizer state sharded over DP x CP = {shard} ranks (megatron-core's data-parallel group with CP)")
+        notes.append(f"optimizer state sharded over DP x CP = {shard} ranks "
+                     "(megatron-core's data-parallel group with CP)")
     if setup_phase:
         notes.append("the peak is at optimizer setup, not during a training step")
     return MemoryEstimate(

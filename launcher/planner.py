@@ -517,8 +517,10 @@ def _gbs_problem(model: ModelSpec, hw: Hardware, world: int, gbs: int, seq: int)
     dps = sorted({world // (tp * pp * cp)
                   for tp in _divisors(model.num_attention_heads) if _tp_ok(model, hw, world, tp)
                   for pp in _divisors(model.num_layers) if world % (tp * pp) == 0
-                  for cp in (1, 2, 4, 8, 16, 32) if world % (tp * pp * cp) == 0 and seq % (2 * cp if cp > 1 else 1) == 0})
-    near = sorted({k * d for d in dps for k in (max(1, gbs // d), gbs // d + 1) if k >= 1}, key=lambda g: (abs(g - gbs), g))
+                  for cp in (1, 2, 4, 8, 16, 32)
+                  if world % (tp * pp * cp) == 0 and (cp == 1 or seq % (2 * cp) == 0)})
+    near = sorted({k * d for d in dps for k in (max(1, gbs // d), gbs // d + 1)},
+                  key=lambda g: (abs(g - gbs), g))
     return Problem("error", "--gbs", f"gbs={gbs}: on {world} GPUs no split of {model.name} has a data-parallel size "
                                      f"that divides it (DP can be {', '.join(map(str, dps))}); GBS must be a multiple "
                                      f"of MBS x DP; nearest that works: {', '.join(f'--gbs {g}' for g in near[:2])}, "
@@ -619,7 +621,8 @@ def _explain(hw: Hardware, model: ModelSpec, pins: Pins, chosen: Candidate, matc
     lines = [f"Chose tp={p.tp} pp={p.pp} cp={p.cp} dp={p.dp} mbs={p.mbs} recompute={chosen.recompute} "
              f"(sequence parallel {'on' if p.sequence_parallel else 'off'}, distributed optimizer over DPxCP="
              f"{p.dp * p.cp}) for {exp} {model.name}, GBS {gbs}, seq {seq}: the fastest of {n_fit} fitting "
-             f"candidates by the planner's throughput model (plans above 92% of GPU memory rank 3% lower); predicted peak {chosen.memory.total_gib:.1f} of "
+             f"candidates by the planner's throughput model (plans above {sc.tight_memory_fraction:.0%} of GPU "
+             f"memory rank {sc.tight_memory_penalty:.0%} lower); predicted peak {chosen.memory.total_gib:.1f} of "
              f"{chosen.capacity_gib:.1f} GiB per GPU (strategy {chosen.strategy})."]
     if chosen.tight:
         opts = []
@@ -664,8 +667,9 @@ def format_explain(choice: PlanChoice, limit: int = 20) -> str:
     """The ``cpt-launch plan --explain`` text: the explanation, then a table of candidates (best first)."""
     head = (f"{'#':>3}  {'tp':>2} {'pp':>2} {'cp':>2} {'dp':>3} {'mbs':>3}  {'recompute':<9}  {'optimizer':<17}  "
             f"{'GPU GiB':>7}  {'host GiB':>8}  {'fits':<4}  {'speed':>5}  note")
-    rows = [choice.explanation, "", f"Candidates ({len(choice.candidates)}; showing {min(limit, len(choice.candidates))}"
-                                    f", capacity {choice.chosen.capacity_gib:.1f} GiB per GPU):", head]
+    n = len(choice.candidates)
+    rows = [choice.explanation, "",
+            f"Candidates ({n}; showing {min(limit, n)}, capacity {choice.chosen.capacity_gib:.1f} GiB per GPU):", head]
     for i, c in enumerate(choice.candidates[:limit], 1):
         p = c.parallelism
         note = "chosen" if c is choice.chosen else c.why_not()

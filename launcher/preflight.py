@@ -262,7 +262,8 @@ def check_data(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
     """Every prefix is a readable ``.bin/.idx`` pair through the mounts; the training blend holds enough tokens."""
     out: list[Problem] = []
     if not facts.train_data:
-        out.append(Problem("error", "--data", "no training data given; fix: --data PREFIX_text_document or JSONL files"))
+        out.append(Problem("error", "--data", "no training data given; fix: --data PREFIX_text_document or JSONL "
+                                              "files"))
     if facts.data_planned:
         return out
     needed = facts.max_steps * facts.parallelism.gbs * facts.seq_length

@@ -23,7 +23,7 @@ WORKSTATION = Hardware(gpus_per_node=1, gpu="rtx6000ada-48gb", host_memory_gib=2
 
 def assert_valid(choice: PlanChoice, hw: Hardware, nodes: int, gbs: int, seq: int) -> None:
     """Every constraint the planner promises, checked on its own output."""
-    model = MODELS[choice.model] if choice.model in MODELS else None
+    model = MODELS.get(choice.model)
     p = choice.parallelism
     world = nodes * hw.gpus_per_node
     assert p.tp * p.pp * p.cp * p.dp == world == choice.gpus
@@ -182,8 +182,8 @@ def test_planner_never_violates_its_constraints(gpu: str, gpus_per_node: int, ho
                                                 tp: int | None, pp: int | None, cp: int | None, mbs: int | None,
                                                 recompute: str | None, offload: str, peft: str | None,
                                                 strategy: str) -> None:
-    hw = Hardware(gpus_per_node=gpus_per_node, gpu=gpu, host_memory_gib=host, interconnect=interconnect,  # type: ignore[arg-type]
-                  network=network)  # type: ignore[arg-type]
+    hw = Hardware(gpus_per_node=gpus_per_node, gpu=gpu, host_memory_gib=host,
+                  interconnect=interconnect, network=network)  # type: ignore[arg-type]
     m = MODELS[model]
     pins = Pins(tp=tp, pp=pp, cp=cp, mbs=mbs, recompute=recompute, optimizer_offload=offload,  # type: ignore[arg-type]
                 peft=peft)  # type: ignore[arg-type]
