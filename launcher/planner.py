@@ -408,8 +408,10 @@ def _best(cands: list[Candidate]) -> Candidate | None:
     return max(fit, key=_rank_key) if fit else None
 
 
-def _rank_key(c: Candidate) -> tuple[float, float]:
-    return (round(c.score, 6), -c.memory.total_gib)
+def _rank_key(c: Candidate) -> tuple[int, float, float]:
+    # Optimizer offload only when nothing fits with the state on the GPU: it makes every step depend on host CPU and
+    # PCIe bandwidth, and its mechanism is the least proven part of a plan (see launcher.memory).
+    return (0 if c.offload else 1, round(c.score, 6), -c.memory.total_gib)
 
 
 def _fmt_pin(name: str, value: object) -> str:
@@ -673,6 +675,8 @@ def format_explain(choice: PlanChoice, limit: int = 20) -> str:
     for i, c in enumerate(choice.candidates[:limit], 1):
         p = c.parallelism
         note = "chosen" if c is choice.chosen else c.why_not()
+        if c.fits and c.offload and not choice.chosen.offload:
+            note = "offload is used only when nothing fits on the GPU"
         if c.fits and c.tight:
             note = (note + "; " if note else "") + f"near capacity (> {DEFAULT_SPEED.tight_memory_fraction:.0%})"
         rows.append(f"{i:>3}  {p.tp:>2} {p.pp:>2} {p.cp:>2} {p.dp:>3} {p.mbs:>3}  {c.recompute:<9}  {c.strategy:<17}  "
