@@ -9,6 +9,9 @@ Two knobs change the experiment rather than the way it runs, so the planner neve
 ``peft`` (LoRA trains adapters, not the model) and ``fp8`` (different numerics). ``None`` means "none"/off for them;
 when nothing fits, the error lists them as *different experiments*, one flag away.
 
+``--optimizer-offload auto`` offloads only when no configuration fits with the optimizer state on the GPU: an
+offloaded step depends on host CPU and PCIe bandwidth, and its mechanism is the least proven part of a plan.
+
 The throughput model (relative speed only -- it ranks candidates, it is not a benchmark):
 step time per rank = compute x recompute factor / GEMM efficiency x (fp8 speed-up)^-1
 + pipeline bubble (compute x (pp-1)/m, m = microbatches per step)

@@ -127,6 +127,15 @@ def test_pins_are_honoured() -> None:
     assert c.optimizer_offload
 
 
+def test_auto_offloads_only_when_nothing_fits_on_the_gpu() -> None:
+    c = plan(DGX, 4, MODELS["llama3.1-70b"], 1024, 8192)
+    assert c.strategy == "gpu"
+    assert any(x.fits and x.offload for x in c.candidates)  # offload would fit, but is not needed
+    h200 = Hardware(gpus_per_node=1, gpu="h200-141gb", host_memory_gib=1000)
+    c = plan(h200, 1, M8, 8, 8192)  # 8B full-parameter: 134.6 GiB of state alone on one 139.8 GiB GPU
+    assert c.strategy == "host_master" and c.chosen.fits
+
+
 def test_nodes_beyond_an_unnetworked_profile() -> None:
     with pytest.raises(ConfigError) as ei:
         plan(WORKSTATION, 2, M8, 1024, 8192)
