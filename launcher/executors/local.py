@@ -50,7 +50,7 @@ class NemoRunLocal(Backend):
         self.name = "nemo-run-docker" if docker else "nemo-run-local"
 
     def submit(self, plan: LaunchPlan, manifest: Manifest) -> Manifest:
-        nr_home = Path(plan.run_dir) / "nemo_run"
+        nr_home = Path(plan.run_dir) / "nemorun"  # not "nemo_run": nemo_run rewrites "/nemo_run" in paths
         os.environ["NEMORUN_HOME"] = str(nr_home)  # read by nemo_run at import
         import nemo_run as run  # heavy (imports torch): only when running
         from nemo_run.config import set_nemorun_home

@@ -60,22 +60,23 @@ class NemoRunSlurm(Backend):
     name = "nemo-run-slurm"
 
     def submit(self, plan: LaunchPlan, manifest: Manifest) -> Manifest:
-        nr_home = Path(plan.run_dir) / "nemo_run"
+        nr_home = Path(plan.run_dir) / "nemorun"  # not "nemo_run": nemo_run rewrites "/nemo_run" in paths
         # nemo_run reads NEMORUN_HOME when imported: keep its state in the run dir, not ~/.nemo_run
         os.environ["NEMORUN_HOME"] = str(nr_home)
         import nemo_run as run  # heavy (imports torch): only when submitting
         from nemo_run.config import set_nemorun_home
 
         set_nemorun_home(str(nr_home))  # in case nemo_run was imported before NEMORUN_HOME was set
-        # job_dir="": nemo_run then writes the sbatch files under NEMORUN_HOME's experiment dir, which it also
-        # submits from (a non-empty job_dir makes it submit a path it never wrote).
-        tunnel = run.LocalTunnel(job_dir="")
         handles: dict[str, Any] = {}
         # nemo_run's tunnel (invoke) copies our stdin to every command it runs; it must never wait on it.
         with open(os.devnull) as devnull, contextlib.redirect_stdout(sys.stderr), _stdin(devnull), \
                 run.Experiment(plan.run, log_level="WARN") as exp:
             for stage in plan.active_stages:
-                ex = run.SlurmExecutor(tunnel=tunnel, packager=run.Packager(), **slurm_executor_kwargs(plan, stage))
+                # One tunnel per executor: nemo_run's LocalTunnel._set_job_dir appends to the job dir it holds, so a
+                # shared tunnel nests each stage's directory inside the previous one's. job_dir="" = under
+                # NEMORUN_HOME/experiments, which is where nemo_run also writes the sbatch files it submits.
+                ex = run.SlurmExecutor(tunnel=run.LocalTunnel(job_dir=""), packager=run.Packager(),
+                                       **slurm_executor_kwargs(plan, stage))
                 deps = [handles[d] for d in stage.depends_on if d in handles]
                 handles[stage.name] = exp.add(run.Script(inline=stage_task_command(stage)), executor=ex,
                                               name=stage.name, dependencies=deps or None)
