@@ -57,7 +57,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from launcher.jobspec import Recompute
+from launcher.jobspec import Parallelism, Recompute
 from launcher.models import ModelSpec
 
 Strategy = Literal["gpu", "mcore_cpu_offload", "host_master"]
@@ -118,6 +118,15 @@ class MemoryConfig:
     grad_reduce_in_fp32: bool | None = None  # None: fp32 for "gpu", bf16 for the offload strategies (as measured)
     flash_attention: bool = True  # TE fused attention and torch SDPA never store the s x s scores
     cross_entropy_fusion: bool = True
+
+    @classmethod
+    def from_parallelism(cls, par: Parallelism, seq_length: int, recompute: Recompute = "none",
+                         strategy: Strategy = "gpu", fp8: bool = False, peft: Peft = "none") -> "MemoryConfig":
+        """The memory model's view of a plan's (or a JobSpec's) ``Parallelism``."""
+        return cls(tp=par.tp, pp=par.pp, cp=par.cp, dp=par.dp, mbs=par.mbs, seq_length=seq_length,
+                   sequence_parallel=par.sequence_parallel, distributed_optimizer=par.distributed_optimizer,
+                   recompute=recompute, strategy=strategy, fp8=fp8, peft=peft,
+                   num_microbatches=max(1, par.gbs // max(1, par.mbs * par.dp)))
 
 
 @dataclass(frozen=True)

@@ -336,9 +336,7 @@ def _enumerate(model: ModelSpec, hw: Hardware, nodes: int, gbs: int, seq: int, p
                         for st in strategies:
                             if st != "gpu" and gpu_fits and pins.optimizer_offload == "auto":
                                 continue  # dominated: slower, and the GPU variant already fits
-                            mc = MemoryConfig(tp=tp, pp=pp, cp=cp, dp=dp, mbs=mbs, seq_length=seq,
-                                              sequence_parallel=tp > 1, recompute=rc, strategy=st, fp8=fp8,
-                                              peft=peft, num_microbatches=gbs // (mbs * dp))
+                            mc = MemoryConfig.from_parallelism(par, seq, rc, st, fp8, peft)
                             mem = estimate(model, mc, coeffs)
                             host_need = 0.0
                             if mem.host_gib:

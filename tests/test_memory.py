@@ -153,6 +153,15 @@ def test_fp8_adds_a_byte_per_param_and_says_so() -> None:
     assert any("fp8" in n for n in b.notes)
 
 
+def test_from_parallelism() -> None:
+    from launcher.jobspec import Parallelism
+
+    par = Parallelism(tp=2, pp=2, cp=1, dp=8, mbs=1, gbs=1024, sequence_parallel=True)
+    cfg = MemoryConfig.from_parallelism(par, 8192, "full", "host_master")
+    assert (cfg.tp, cfg.pp, cfg.dp, cfg.num_microbatches, cfg.sequence_parallel) == (2, 2, 8, 128, True)
+    assert estimate(M8, cfg).strategy == "host_master"
+
+
 def test_every_coefficient_is_adjustable() -> None:
     base = estimate(M8, MemoryConfig())
     more = estimate(M8, MemoryConfig(), dataclasses.replace(DEFAULT, act_sbh=40.0))
