@@ -45,7 +45,8 @@ start_dockerd() {
   mkdir -p "$STATE"
   local t0=$SECONDS
   # setsid: dockerd must outlive this script and not receive the caller's terminal signals.
-  setsid dockerd --pidfile "$PIDFILE" </dev/null >>"$STATE/dockerd.log" 2>&1 &
+  # 9>&-: dockerd must not inherit (and hold forever) the lock taken below.
+  setsid dockerd --pidfile "$PIDFILE" </dev/null >>"$STATE/dockerd.log" 2>&1 9>&- &
   local deadline=$((SECONDS + 60))
   until docker_ok; do
     ((SECONDS < deadline)) || die "dockerd did not answer within 60 s"
@@ -130,8 +131,16 @@ cmd_status() {
   echo "image $IMAGE: present"
 }
 
+lock() {
+  # Concurrent callers (several pytest sessions) build the image once, one after the other.
+  mkdir -p "$STATE"
+  exec 9>"$STATE/setup.lock"
+  flock -w 900 9 || die "could not lock $STATE/setup.lock within 900 s"
+}
+
 case ${1:-up} in
 up)
+  lock
   t0=$SECONDS
   start_dockerd
   ensure_image
