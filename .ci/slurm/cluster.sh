@@ -314,9 +314,14 @@ cmd_up() {
     log "already up and healthy ($DIR)"
     return 0
   fi
-  # Anything half-started is stopped; the job state starts fresh, the database is kept.
+  # Anything half-started is stopped. slurmctld's state (spool/ctld) and the accounting database are
+  # kept together: job ids must keep counting up, or `sacct -j ID` would also match the jobs of an
+  # earlier incarnation with the same id. Without the one, the other is dropped too.
   cmd_down
-  rm -rf "$DIR/spool" "$LOG"
+  if [[ ! -s $DIR/spool/ctld/job_state ]]; then
+    rm -rf "$DIR/spool/ctld" "$DIR/mysql"
+  fi
+  rm -rf "$LOG" "${NODES[@]/#/$DIR/spool/}"
   write_configs
   start_munge
   start_mariadb
