@@ -180,32 +180,12 @@ def _plan_cmd(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _preflight(plan: Any, args: argparse.Namespace) -> list[Problem]:
-    """Gather the facts the checks need (environment, file system) and run every pre-flight check."""
+    """Every pre-flight check. A dry run (plan, --dry-run) skips the ones that look at files: it may be run
+    far from the cluster's file systems; `check` and a real submission run them all."""
     from launcher import preflight
 
-    env = dict(os.environ)
-    t = plan.jobspec.train
-    blend = t.train_data
-    pairs = ([(1.0, blend[0])] if len(blend) == 1 else
-             [(float(blend[i]), str(blend[i + 1])) for i in range(0, len(blend), 2)])
-    stages = {s.name for s in plan.active_stages}
-    choice = plan.choice
-    job_env = {**env, **plan.env}  # what the job will see: the profile's env wins over the login shell's
-    facts = preflight.PreflightFacts(
-        model=plan.model, parallelism=plan.parallelism, gpus=plan.gpus, seq_length=t.seq_length,
-        max_steps=t.max_steps, attention=t.attention, env=job_env, train_data=pairs,
-        valid_data=[x for x in t.valid_data if isinstance(x, str)], test_data=[],
-        data_planned="tokenize" in stages, mounts=plan.mounts, uses_container=plan.container_image is not None,
-        container_image=plan.container_image, tokenizer_dir=t.tokenizer_dir,
-        hf_model_dir=plan.jobspec.convert.hf_model_dir, base_checkpoint=t.base_checkpoint,
-        download_planned="download" in stages, convert_planned="convert" in stages,
-        checkpoint_dir=t.checkpoint_dir, resume=None if plan.resume == "auto" else plan.resume,
-        memory=choice.memory if choice is not None else None,
-        capacity_gib=choice.chosen.capacity_gib if choice is not None else 0.0,
-        host_need_gib=choice.chosen.host_need_gib if choice is not None else 0.0,
-        host_capacity_gib=choice.chosen.host_capacity_gib if choice is not None else 0.0,
-    )
-    return list(preflight.run_preflight(facts))
+    dry = args.cmd == "plan" or getattr(args, "dry_run", False)
+    return list(preflight.check_plan(plan, env=dict(os.environ), filesystem=not dry))
 
 
 def backend_for(plan: Any) -> str:

@@ -33,8 +33,6 @@ def docker_executor_kwargs(plan: LaunchPlan) -> dict[str, Any]:
         ipc_mode=dk.ipc_mode,
         network=dk.network,
         volumes=[f"{h}:{c}" for h, c in plan.mounts],
-        # Secrets: names only; docker copies the value from this process's environment.
-        additional_kwargs={"environment": [s for s in plan.secrets if s in os.environ]},
     )
 
 
@@ -65,6 +63,13 @@ class NemoRunLocal(Backend):
                 continue
             job_log = _job_path(plan, stage.log_path)
             if self.docker:
+                # nemo_run serialises the executor (env_vars included) into the run dir, and Docker's API takes
+                # values, not names: so secrets are NOT forwarded into the container. Fill the HF cache / model
+                # directory first (or use executor=local / slurm), and say so rather than write a token to disk.
+                held = [s for s in plan.secrets if os.environ.get(s)]
+                if held and stage.name == plan.active_stages[0].name:
+                    print(f"[cpt-launch] docker: {', '.join(held)} not forwarded into the container (never written "
+                          "to disk); stages needing them must find the model/cache already present", file=sys.stderr)
                 ex: Any = run.DockerExecutor(packager=run.Packager(), job_dir=str(nr_home / "jobs"),
                                              **docker_executor_kwargs(plan))
             else:
@@ -78,9 +83,13 @@ class NemoRunLocal(Backend):
                         run.Experiment(f"{plan.run}-{stage.name}", log_level="WARN") as exp:
                     exp.add(run.Script(inline=stage_inline(stage, job_log)), executor=ex, name=stage.name)
                     exp.run(sequential=True, detach=False, tail_logs=False)
-                    state = str(exp.jobs[0].state).split(".")[-1].upper()
-            except KeyboardInterrupt:
-                rec.state = "CANCELLED"
+                # the Experiment waits for its jobs when the `with` block exits: read the state after it
+                state = str(exp.jobs[0].state).split(".")[-1].upper()
+            except BaseException:  # Ctrl-C or nemo_run/docker refusing: nothing after this stage may run
+                rec.state = "FAILED"
+                for other in manifest.stages.values():
+                    if other.state == "PENDING":
+                        other.state = "CANCELLED"
                 manifest.save()
                 raise
             rec.state = "COMPLETED" if state == "SUCCEEDED" else "FAILED"
