@@ -916,8 +916,13 @@ def _run_shards(files: list[Path], pending: list[int], shard_prefix: list[Path],
 
     def tasks() -> Iterator[tuple[int, Any, int]]:
         for i in pending:
-            for block, first_line, pos in _iter_blocks(files[i], block_bytes):
-                yield i, (block, first_line), pos
+            try:
+                for block, first_line, pos in _iter_blocks(files[i], block_bytes):
+                    yield i, (block, first_line), pos
+            except DataError as e:
+                # Raised when this point of the stream is reached, so that earlier shards still finish.
+                yield i, e, -1
+                return
             yield i, None, -1  # end of shard i
 
     in_flight: collections.deque[tuple[int, Any, int]] = collections.deque()
@@ -934,8 +939,8 @@ def _run_shards(files: list[Path], pending: list[int], shard_prefix: list[Path],
             except StopIteration:
                 exhausted = True
                 return
-            if payload is None:
-                in_flight.append((i, None, pos))
+            if payload is None or isinstance(payload, DataError):
+                in_flight.append((i, payload, pos))
             elif pool is not None:
                 in_flight.append((i, pool.apply_async(_process_block, payload), pos))
             else:
@@ -951,6 +956,8 @@ def _run_shards(files: list[Path], pending: list[int], shard_prefix: list[Path],
                 current = i
                 writers = {k: IndexedWriter(f"{shard_prefix[i]}_{k}_document", spec.dtype) for k in opts.json_keys}
                 shard_state = {"lines": 0, "issues": [], "text_bytes": {k: 0 for k in opts.json_keys}}
+            if isinstance(handle, DataError):
+                raise handle
             if handle is None:  # end of shard: finalize its files, then its done-marker (last)
                 for w in writers.values():
                     w.finalize()
