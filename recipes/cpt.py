@@ -1,0 +1,439 @@
+"""NeMo 2 recipes for the three job-side stages, built from the launcher's JobSpec (``launcher.jobspec``).
+
+Each function returns a NeMo-Run ``run.Partial`` (not yet built): ``convert_recipe`` -> ``llm.import_ckpt``,
+``train_recipe`` -> ``llm.pretrain`` via ``llm.<model>.pretrain_recipe``, ``export_recipe`` -> ``llm.export_ckpt``.
+The NeMo recipe's own defaults are *pretraining* ones (TP1/CP2, GBS 512, lr 3e-4, mock data, a cosine schedule that
+ends after 10 steps); every CPT setting is therefore set here explicitly from the spec, and ``check_train_recipe``
+reads them back so that ``--validate-only`` and the tests can prove the built config equals the spec.
+
+Importing this module imports NeMo (~20 s): the launcher never imports it, only the job does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import nemo_run as run
+import torch
+
+from launcher.errors import ConfigError, Problem
+from launcher.jobspec import ConvertSpec, ExportSpec, TrainSpec
+from launcher.models import get_model
+from recipes.sdpa import sdpa_forward_step, sdpa_layer_spec, te_available
+
+ResolvedAttention = Literal["te", "sdpa"]
+CKPT_FILENAME = "{model_name}--{step}-{consumed_samples}"  # step=N in the name: launcher.resume reads it
+
+
+def resolve_attention(spec: TrainSpec) -> ResolvedAttention:
+    """``auto`` -> te where Transformer Engine imports (NGC containers), else sdpa. Decided at job time."""
+    if spec.attention == "auto":
+        return "te" if te_available() else "sdpa"
+    return spec.attention
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Spec checks that need no NeMo objects: all problems at once, each naming the field and what is allowed.
+# ----------------------------------------------------------------------------------------------------------------
+def train_spec_problems(spec: TrainSpec, attention: ResolvedAttention | None = None) -> list[Problem]:
+    p, probs = spec.parallelism, []
+
+    def err(field: str, msg: str) -> None:
+        probs.append(Problem("error", f"jobspec train.{field}", msg))
+
+    try:
+        m = get_model(spec.model)
+    except KeyError as e:
+        err("model", str(e))
+        return probs
+    layers = spec.num_layers or m.num_layers
+    world = spec.num_nodes * spec.gpus_per_node
+    if p.world_size != world:
+        err("parallelism", f"tp*pp*cp*dp={p.tp}*{p.pp}*{p.cp}*{p.dp}={p.world_size} but num_nodes*gpus_per_node"
+            f"={spec.num_nodes}*{spec.gpus_per_node}={world}")
+    if p.gbs % (p.mbs * p.dp):
+        err("parallelism.gbs", f"gbs={p.gbs} is not a multiple of mbs*dp={p.mbs}*{p.dp}")
+    if m.num_attention_heads % p.tp or m.num_query_groups % p.tp:
+        err("parallelism.tp", f"tp={p.tp} must divide {m.num_attention_heads} heads and {m.num_query_groups} KV groups")
+    if layers % p.pp:
+        err("parallelism.pp", f"pp={p.pp} must divide num_layers={layers}")
+    if p.virtual_pp is not None:
+        if p.pp < 2:
+            err("parallelism.virtual_pp", f"virtual_pp={p.virtual_pp} needs pp>=2 (pp={p.pp})")
+        elif (layers // p.pp) % p.virtual_pp:
+            err("parallelism.virtual_pp", f"layers per stage {layers // p.pp} not divisible by virtual_pp={p.virtual_pp}")
+    if p.sequence_parallel and p.tp < 2:
+        err("parallelism.sequence_parallel", "sequence_parallel=true needs tp>=2")
+    if spec.seq_length % (2 * p.cp) and p.cp > 1:
+        err("seq_length", f"seq_length={spec.seq_length} must be a multiple of 2*cp={2 * p.cp}")
+    if attention == "sdpa":
+        if p.cp > 1:
+            err("attention", "attention=sdpa (no Transformer Engine) cannot do context parallelism; cp must be 1")
+        if spec.fp8:
+            err("fp8", "fp8 needs Transformer Engine (attention=te)")
+    if spec.peft != "none":
+        err("peft", f"peft={spec.peft!r}: recipes.cpt implements full-parameter CPT only ('none')")
+    if not spec.train_data:
+        err("train_data", "empty; give the data stage's prefixes, e.g. [\"/data/ja_text_document\"]")
+    if not spec.valid_data:
+        err("valid_data", "empty; give explicit validation prefixes (never the 900,50,50 split of the training data)")
+    if len(spec.valid_data) > 1 and isinstance(spec.valid_data[0], (int, float)):
+        err("valid_data", "weights are not allowed for validation data; give prefixes only")
+    if not spec.tokenizer_dir:
+        err("tokenizer_dir", "empty; give the HF model directory holding tokenizer.json (never the GPT-2 fallback)")
+    if not spec.checkpoint_dir:
+        err("checkpoint_dir", "empty; the run's own checkpoints go there (resume_if_exists)")
+    if not spec.log_dir:
+        err("log_dir", "empty")
+    if spec.base_checkpoint and spec.random_init:
+        err("random_init", f"random_init=true but base_checkpoint={spec.base_checkpoint!r}; choose one")
+    if not spec.base_checkpoint and not spec.random_init:
+        err("base_checkpoint", "empty; give the convert stage's output, or set random_init=true for a benchmark")
+    if spec.optimizer_offload:
+        if not p.distributed_optimizer:
+            err("optimizer_offload", "optimizer offload needs distributed_optimizer=true")
+        if not 0.0 < spec.offload_fraction <= 1.0:
+            err("offload_fraction", f"{spec.offload_fraction} not in (0, 1]")
+    if spec.recompute_num_layers is not None and spec.recompute != "full":
+        err("recompute_num_layers", "only meaningful with recompute='full'")
+    if spec.ckpt_every_n_steps < 1 or spec.ckpt_keep < 1:
+        err("ckpt_every_n_steps", "ckpt_every_n_steps and ckpt_keep must be >= 1")
+    if spec.max_steps < 1:
+        err("max_steps", f"{spec.max_steps} < 1")
+    if spec.optim.warmup_steps >= spec.max_steps:
+        probs.append(Problem("warning", "jobspec train.optim.warmup_steps",
+                             f"warmup_steps={spec.optim.warmup_steps} >= max_steps={spec.max_steps}: lr never decays"))
+    return probs
+
+
+def _data_paths(spec: TrainSpec) -> dict[str, list[Any]]:
+    """Explicit per-split blends: train may be weighted, validation/test are prefixes. Test defaults to validation."""
+    return {
+        "train": list(spec.train_data),
+        "validation": list(spec.valid_data),
+        "test": list(spec.test_data or spec.valid_data),
+    }
+
+
+def _recipe_module(model_name: str) -> Any:
+    return importlib.import_module(f"nemo.collections.llm.recipes.{get_model(model_name).nemo_recipe}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train
+# ----------------------------------------------------------------------------------------------------------------
+def train_recipe(spec: TrainSpec, attention: ResolvedAttention | None = None) -> run.Partial:
+    """``llm.pretrain`` for continual pretraining, every CPT setting explicit. Raises ConfigError on a bad spec."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+    from megatron.core.distributed import DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig
+    from nemo import lightning as nl
+    from nemo.collections.common.tokenizers.huggingface.auto_tokenizer import AutoTokenizer
+    from nemo.collections.llm.gpt.data.pre_training import PreTrainingDataModule
+    from nemo.lightning.pytorch.optim import CosineAnnealingScheduler, MegatronOptimizerModule
+    from nemo.lightning.pytorch.plugins.mixed_precision import MegatronMixedPrecision
+    from nemo.lightning.pytorch.strategies.utils import RestoreConfig
+
+    attention = attention or resolve_attention(spec)
+    problems = train_spec_problems(spec, attention)
+    if any(pr.severity == "error" for pr in problems):
+        raise ConfigError(problems)
+    p, o, m = spec.parallelism, spec.optim, get_model(spec.model)
+
+    recipe = _recipe_module(spec.model).pretrain_recipe(
+        name=spec.run_name, dir=spec.log_dir, num_nodes=spec.num_nodes, num_gpus_per_node=spec.gpus_per_node
+    )
+
+    # --- model -------------------------------------------------------------------------------------------------
+    mc = recipe.model.config
+    mc.seq_length = spec.seq_length
+    if spec.num_layers is not None:
+        mc.num_layers = spec.num_layers
+    if spec.recompute == "none":
+        mc.recompute_granularity = None
+        mc.recompute_method = None
+        mc.recompute_num_layers = None
+    elif spec.recompute == "selective":
+        mc.recompute_granularity = "selective"
+        mc.recompute_method = None
+        mc.recompute_num_layers = None
+    else:
+        mc.recompute_granularity = "full"
+        mc.recompute_method = "uniform"
+        mc.recompute_num_layers = spec.recompute_num_layers or 1
+    if attention == "sdpa":
+        # megatron-core local layers + SDPA core attention; TE/apex-only fusions off (see recipes.sdpa).
+        mc.transformer_layer_spec = sdpa_layer_spec
+        mc.forward_step_fn = sdpa_forward_step
+        mc.apply_rope_fusion = False
+        mc.masked_softmax_fusion = False
+        mc.gradient_accumulation_fusion = False
+        mc.persist_layer_norm = False
+        mc.bias_activation_fusion = True
+        mc.bias_dropout_fusion = True
+        mc.cross_entropy_loss_fusion = True
+
+    # --- trainer / strategy ------------------------------------------------------------------------------------
+    tr = recipe.trainer
+    tr.num_nodes = spec.num_nodes
+    tr.devices = spec.gpus_per_node
+    tr.max_steps = spec.max_steps
+    tr.val_check_interval = spec.val_check_interval
+    tr.limit_val_batches = spec.limit_val_batches
+    tr.limit_test_batches = spec.limit_val_batches
+    tr.log_every_n_steps = 1
+    tr.accumulate_grad_batches = 1  # gradient accumulation is gbs/(mbs*dp), done by Megatron, not Lightning
+    tr.plugins = run.Config(
+        MegatronMixedPrecision,
+        precision=spec.precision,
+        params_dtype=torch.bfloat16,
+        pipeline_dtype=torch.bfloat16,
+        autocast_enabled=False,
+        grad_reduce_in_fp32=spec.grad_reduce_in_fp32,
+    )
+    st = tr.strategy
+    st.tensor_model_parallel_size = p.tp
+    st.pipeline_model_parallel_size = p.pp
+    st.context_parallel_size = p.cp
+    st.sequence_parallel = p.sequence_parallel
+    st.virtual_pipeline_model_parallel_size = p.virtual_pp
+    st.pipeline_dtype = torch.bfloat16 if p.pp > 1 else None
+    st.ckpt_async_save = True
+    st.ckpt_parallel_load = True
+    st.ddp = run.Config(
+        DistributedDataParallelConfig,
+        check_for_nan_in_grad=True,
+        grad_reduce_in_fp32=spec.grad_reduce_in_fp32,
+        overlap_grad_reduce=True,
+        overlap_param_gather=True,
+        average_in_collective=True,
+        use_distributed_optimizer=p.distributed_optimizer,
+    )
+
+    # --- data ----------------------------------------------------------------------------------------------------
+    recipe.data = run.Config(
+        PreTrainingDataModule,
+        paths=_data_paths(spec),
+        seq_length=spec.seq_length,
+        micro_batch_size=p.mbs,
+        global_batch_size=p.gbs,
+        tokenizer=run.Config(AutoTokenizer, pretrained_model_name=spec.tokenizer_dir, use_fast=True),
+        split=None,  # the splits are the explicit paths above
+        seed=spec.seed,
+        num_workers=4,
+        # SDPA is causal by construction; without TE, NeMo would otherwise build an 8192x8192 mask per sample.
+        create_attention_mask=False,
+    )
+
+    # --- optimizer: the seed's AdamW + cosine -------------------------------------------------------------------
+    offload = spec.optimizer_offload
+    recipe.optim = run.Config(
+        MegatronOptimizerModule,
+        config=run.Config(
+            OptimizerConfig,
+            optimizer="adam",
+            lr=o.lr,
+            min_lr=o.min_lr,
+            weight_decay=o.weight_decay,
+            adam_beta1=o.adam_beta1,
+            adam_beta2=o.adam_beta2,
+            adam_eps=o.adam_eps,
+            clip_grad=o.clip_grad,
+            bf16=True,
+            fp16=False,
+            use_distributed_optimizer=p.distributed_optimizer,
+            optimizer_cpu_offload=offload,
+            optimizer_offload_fraction=spec.offload_fraction if offload else 0.0,
+            # Host-side master weights: with the precision-aware path megatron-core hands the bf16 params to
+            # HybridDeviceOptimizer, which builds the fp32 master + Adam state on the host, one tensor at a time.
+            # Without it the DistributedOptimizer first clones an fp32 copy of all params ON THE GPU (29.9 GiB
+            # for 8B), which is what ran out of memory under the 48 GB cap (../shared/device/README.md).
+            use_precision_aware_optimizer=offload,
+            overlap_cpu_optimizer_d2h_h2d=offload,
+            pin_cpu_grads=True,
+            pin_cpu_params=True,
+        ),
+        lr_scheduler=run.Config(
+            CosineAnnealingScheduler,
+            max_steps=spec.max_steps,  # the recipe leaves NeMo's default (10): the schedule must span the run
+            warmup_steps=o.warmup_steps,
+            constant_steps=0,
+            min_lr=o.min_lr,
+        ),
+    )
+
+    # --- logging and checkpoints -------------------------------------------------------------------------------
+    ckpt = run.Config(
+        nl.ModelCheckpoint,
+        dirpath=spec.checkpoint_dir,
+        filename=CKPT_FILENAME,
+        monitor="step",
+        mode="max",
+        save_top_k=spec.ckpt_keep,
+        save_last="link",  # the -last entry is a link to the newest checkpoint, not a second copy
+        every_n_train_steps=spec.ckpt_every_n_steps,
+        train_time_interval=None,
+        save_on_train_epoch_end=False,
+        save_optim_on_train_end=True,
+    )
+    tb = (run.Config(TensorBoardLogger, save_dir=os.path.join(spec.log_dir, "tb_logs"), name=spec.run_name)
+          if spec.tensorboard else None)
+    # W&B: the key comes from the environment (WANDB_API_KEY) only; WANDB_MODE=offline works without a network.
+    wb = (run.Config(WandbLogger, project=spec.wandb_project, name=spec.run_name,
+                     save_dir=os.path.join(spec.log_dir, "wandb"))
+          if spec.wandb_project else None)
+    recipe.log = run.Config(
+        nl.NeMoLogger,
+        name=spec.run_name,
+        log_dir=spec.log_dir,
+        explicit_log_dir=spec.log_dir,
+        use_datetime_version=False,
+        ckpt=ckpt,
+        tensorboard=tb,
+        wandb=wb,
+    )
+
+    # --- resume: own latest checkpoint, else the base weights (launcher.resume.decide_resume is the same rule) ----
+    restore = (run.Config(RestoreConfig, path=spec.base_checkpoint, load_model_state=True, load_optim_state=False,
+                          load_artifacts=False)
+               if spec.base_checkpoint else None)
+    recipe.resume = run.Config(
+        nl.AutoResume,
+        restore_config=restore,
+        resume_from_directory=spec.checkpoint_dir,
+        resume_if_exists=True,
+        resume_ignore_no_checkpoint=True,
+        resume_past_end=False,
+    )
+
+    # --- callbacks ---------------------------------------------------------------------------------------------
+    from recipes.callbacks import StepStats
+
+    tokens_per_step = p.gbs * spec.seq_length
+    layers = spec.num_layers or m.num_layers
+    flops_per_token = _scaled_model(spec.model, layers).flops_per_token(spec.seq_length, causal=True)
+    tr.callbacks = [
+        *(tr.callbacks or []),
+        run.Config(StepStats, tokens_per_step=tokens_per_step, flops_per_token=flops_per_token,
+                   world_size=p.world_size, log_path=os.path.join(spec.log_dir, "step_stats.jsonl")),
+    ]
+    return recipe
+
+
+def _scaled_model(name: str, layers: int) -> Any:
+    from dataclasses import replace
+
+    return replace(get_model(name), num_layers=layers)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# convert / export
+# ----------------------------------------------------------------------------------------------------------------
+def convert_recipe(spec: ConvertSpec) -> run.Partial:
+    """HF model directory -> NeMo 2 checkpoint at spec.output_path (what train's base_checkpoint points to)."""
+    from nemo.collections import llm
+
+    probs = []
+    if not spec.hf_model_dir:
+        probs.append(Problem("error", "jobspec convert.hf_model_dir", "empty; give the downloaded HF model dir"))
+    if not spec.output_path:
+        probs.append(Problem("error", "jobspec convert.output_path", "empty; train.base_checkpoint reads it"))
+    if probs:
+        raise ConfigError(probs)
+    model = _recipe_module(spec.model).model()  # run.Config(LlamaModel, config=Llama31Config8B)
+    return run.Partial(llm.import_ckpt, model=model, source=f"hf://{spec.hf_model_dir}",
+                       output_path=spec.output_path, overwrite=spec.overwrite)
+
+
+def export_recipe(spec: ExportSpec, checkpoint: str | None = None) -> run.Partial:
+    """The run's latest checkpoint (``checkpoint``: resolved at job time from spec.checkpoint_dir) -> HF format."""
+    from nemo.collections import llm
+
+    probs = []
+    if not spec.checkpoint_dir and not checkpoint:
+        probs.append(Problem("error", "jobspec export.checkpoint_dir", "empty"))
+    if not spec.output_path:
+        probs.append(Problem("error", "jobspec export.output_path", "empty"))
+    if probs:
+        raise ConfigError(probs)
+    return run.Partial(llm.export_ckpt, path=checkpoint or spec.checkpoint_dir, target="hf",
+                       output_path=spec.output_path, overwrite=spec.overwrite)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Read the built recipe back: does it say what the spec says?
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    name: str
+    got: Any
+    want: Any
+
+    @property
+    def ok(self) -> bool:
+        return self.got == self.want
+
+
+def train_recipe_checks(recipe: run.Partial, spec: TrainSpec, attention: ResolvedAttention) -> list[Check]:
+    """Values in the recipe next to the spec's. Works on the unbuilt ``run.Partial`` (no CUDA, no files)."""
+    p, o = spec.parallelism, spec.optim
+    st, mc, d = recipe.trainer.strategy, recipe.model.config, recipe.data
+    oc, sch, res = recipe.optim.config, recipe.optim.lr_scheduler, recipe.resume
+    tok = d.tokenizer
+    checks = [
+        Check("tp", st.tensor_model_parallel_size, p.tp),
+        Check("pp", st.pipeline_model_parallel_size, p.pp),
+        Check("cp", st.context_parallel_size, p.cp),
+        Check("sp", st.sequence_parallel, p.sequence_parallel),
+        Check("vpp", st.virtual_pipeline_model_parallel_size, p.virtual_pp),
+        Check("dp (world/(tp*pp*cp))",
+              recipe.trainer.devices * recipe.trainer.num_nodes // (p.tp * p.pp * p.cp), p.dp),
+        Check("num_nodes", recipe.trainer.num_nodes, spec.num_nodes),
+        Check("devices", recipe.trainer.devices, spec.gpus_per_node),
+        Check("gbs", d.global_batch_size, p.gbs),
+        Check("mbs", d.micro_batch_size, p.mbs),
+        Check("seq (data)", d.seq_length, spec.seq_length),
+        Check("seq (model)", mc.seq_length, spec.seq_length),
+        Check("num_layers", mc.num_layers, spec.num_layers or get_model(spec.model).num_layers),
+        Check("data paths", d.paths, _data_paths(spec)),
+        Check("data split (unused with per-split paths)", d.split, None),
+        Check("tokenizer class", getattr(tok, "__fn_or_cls__", None).__name__, "AutoTokenizer"),
+        Check("tokenizer dir", tok.pretrained_model_name, spec.tokenizer_dir),
+        Check("lr", oc.lr, o.lr),
+        Check("min_lr", sch.min_lr, o.min_lr),
+        Check("warmup", sch.warmup_steps, o.warmup_steps),
+        Check("schedule max_steps", sch.max_steps, spec.max_steps),
+        Check("weight_decay", oc.weight_decay, o.weight_decay),
+        Check("betas", (oc.adam_beta1, oc.adam_beta2), (o.adam_beta1, o.adam_beta2)),
+        Check("clip_grad", oc.clip_grad, o.clip_grad),
+        Check("distributed optimizer", oc.use_distributed_optimizer, p.distributed_optimizer),
+        Check("bf16", (oc.bf16, recipe.trainer.plugins.precision), (True, spec.precision)),
+        Check("optimizer offload", (oc.optimizer_cpu_offload, oc.optimizer_offload_fraction),
+              (spec.optimizer_offload, spec.offload_fraction if spec.optimizer_offload else 0.0)),
+        Check("grad_reduce_in_fp32", (st.ddp.grad_reduce_in_fp32, recipe.trainer.plugins.grad_reduce_in_fp32),
+              (spec.grad_reduce_in_fp32, spec.grad_reduce_in_fp32)),
+        Check("recompute", mc.recompute_granularity, None if spec.recompute == "none" else spec.recompute),
+        Check("max_steps", recipe.trainer.max_steps, spec.max_steps),
+        Check("val_check_interval", recipe.trainer.val_check_interval, spec.val_check_interval),
+        Check("limit_val_batches", recipe.trainer.limit_val_batches, spec.limit_val_batches),
+        Check("ckpt every n steps", recipe.log.ckpt.every_n_train_steps, spec.ckpt_every_n_steps),
+        Check("ckpt dir", recipe.log.ckpt.dirpath, spec.checkpoint_dir),
+        Check("resume_if_exists", res.resume_if_exists, True),
+        Check("resume_ignore_no_checkpoint", res.resume_ignore_no_checkpoint, True),
+        Check("resume dir", res.resume_from_directory, spec.checkpoint_dir),
+        Check("restore base", res.restore_config.path if res.restore_config is not None else None,
+              spec.base_checkpoint or None),
+        Check("tensorboard", recipe.log.tensorboard is not None, spec.tensorboard),
+        Check("wandb", recipe.log.wandb is not None, bool(spec.wandb_project)),
+    ]
+    if attention == "sdpa":
+        checks += [
+            Check("layer spec", mc.transformer_layer_spec, sdpa_layer_spec),
+            Check("forward step", mc.forward_step_fn, sdpa_forward_step),
+            Check("no TE fusions", (mc.apply_rope_fusion, mc.masked_softmax_fusion, mc.gradient_accumulation_fusion),
+                  (False, False, False)),
+        ]
+    return checks

@@ -1,0 +1,181 @@
+"""Job-side entrypoint: ``python -m recipes.entry {convert,train,export} --jobspec PATH [--validate-only]``.
+
+The launcher starts one process per GPU around this (``torchrun --nproc-per-node N -m recipes.entry train ...`` on a
+single node or locally, ``srun`` with one task per GPU on Slurm); the recipe runs in-process in each of them, and
+Lightning picks up the rank from torchrun's or Slurm's environment variables.
+
+``--validate-only`` builds the full recipe, reads every CPT value back and compares it with the spec, without CUDA
+and without touching data or checkpoints. Exit codes: 0 ok, 2 the spec or the built recipe is wrong (every problem
+printed), 4 the stage itself failed. Messages go to stderr; ``--validate-only`` prints its table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE, ConfigError
+from launcher.jobspec import JobSpec
+from launcher.resume import decide_resume
+
+
+def log(msg: str) -> None:
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
+        print(f"[recipes.entry] {msg}", file=sys.stderr, flush=True)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _apply_gpu_memory_cap(cap_gib: float | None) -> None:
+    """Emulate a smaller GPU: the caching allocator refuses to grow past cap_gib on this process's device."""
+    if not cap_gib:
+        return
+    import torch
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    total = torch.cuda.get_device_properties(local).total_memory
+    frac = min(1.0, cap_gib * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(frac, local)
+    log(f"GPU memory capped at {cap_gib} GiB ({frac:.4f} of {total / 2**30:.1f} GiB) to emulate a smaller GPU")
+
+
+def _patch_megatron_without_te() -> list[str]:
+    """megatron-core 0.15 compares the Transformer Engine version in OptimizerConfig.__post_init__ even where TE is
+    absent (``None >= Version`` -> TypeError) on the precision-aware / offload path. Without TE no version is at
+    least anything: answer False. Applied only where TE does not import."""
+    from recipes.sdpa import te_available
+
+    if te_available():
+        return []
+    import megatron.core.optimizer as mopt
+    import megatron.core.optimizer.optimizer_config as moc
+
+    def no_te(*_a: Any, **_k: Any) -> bool:
+        return False
+
+    moc.is_te_min_version = no_te  # type: ignore[assignment]
+    mopt.is_te_min_version = no_te  # type: ignore[attr-defined]
+    return ["megatron.core.optimizer.is_te_min_version -> False (no Transformer Engine)"]
+
+
+def _run_train(spec: JobSpec, validate_only: bool) -> int:
+    t = spec.train
+    decision = decide_resume(_listdir(t.checkpoint_dir), t.base_checkpoint or None, allow_random_init=t.random_init)
+    log(f"resume: {decision.reason}")
+    if not decision.ok:
+        print(f"error: jobspec train.checkpoint_dir: {decision.reason}", file=sys.stderr)
+        return EXIT_USAGE
+    if decision.source == "random_init":
+        log("*** NO BASE CHECKPOINT: weights are RANDOMLY INITIALISED (random_init=true; benchmark/test run) ***")
+
+    from recipes.cpt import resolve_attention, train_recipe, train_recipe_checks
+
+    attention = resolve_attention(t)
+    log(f"attention: {attention} (spec: {t.attention})")
+    recipe = train_recipe(t, attention)
+    checks = train_recipe_checks(recipe, t, attention)
+    bad = [c for c in checks if not c.ok]
+    if validate_only:
+        for c in checks:
+            print(f"{'ok ' if c.ok else 'BAD'} {c.name:42s} recipe={c.got!r} spec={c.want!r}")
+        if bad:
+            print(f"error: {len(bad)} recipe value(s) differ from the spec", file=sys.stderr)
+            return EXIT_USAGE
+        log(f"validate-only: {len(checks)} values equal the spec; nothing was run")
+        return EXIT_OK
+    if bad:
+        for c in bad:
+            print(f"error: recipe {c.name}={c.got!r}, spec says {c.want!r}", file=sys.stderr)
+        return EXIT_USAGE
+
+    for p in _patch_megatron_without_te():
+        log(f"compat: {p}")
+    _apply_gpu_memory_cap(t.gpu_memory_cap_gib)
+    import fiddle as fdl
+
+    task = fdl.build(recipe)
+    if attention == "sdpa":
+        # PreTrainingDataModule forces create_attention_mask=True when TE is missing; the causal SDPA ignores the
+        # mask, so don't build a seq x seq boolean tensor per sample.
+        task.keywords["data"].create_attention_mask = False
+    task()
+    return EXIT_OK
+
+
+def _run_convert(spec: JobSpec, validate_only: bool) -> int:
+    from recipes.cpt import convert_recipe
+
+    recipe = convert_recipe(spec.convert)
+    if validate_only:
+        print(recipe)
+        return EXIT_OK
+    if Path(spec.convert.output_path).exists() and not spec.convert.overwrite:
+        log(f"convert: {spec.convert.output_path} exists; keeping it (overwrite=false)")
+        return EXIT_OK
+    import fiddle as fdl
+
+    fdl.build(recipe)()
+    return EXIT_OK
+
+
+def _run_export(spec: JobSpec, validate_only: bool) -> int:
+    from recipes.cpt import export_recipe
+
+    e = spec.export
+    decision = decide_resume(_listdir(e.checkpoint_dir), None, allow_random_init=False)
+    if decision.source != "own_checkpoint" or decision.path is None:
+        print(f"error: jobspec export.checkpoint_dir: no finished checkpoint in {e.checkpoint_dir} "
+              f"({decision.reason})", file=sys.stderr)
+        return EXIT_USAGE
+    ckpt = os.path.join(e.checkpoint_dir, decision.path)
+    log(f"export: {ckpt} -> {e.output_path}")
+    recipe = export_recipe(e, checkpoint=ckpt)
+    if validate_only:
+        print(recipe)
+        return EXIT_OK
+    import fiddle as fdl
+
+    fdl.build(recipe)()
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m recipes.entry", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["convert", "train", "export"])
+    ap.add_argument("--jobspec", required=True, type=Path, help="the JobSpec JSON the launcher wrote")
+    ap.add_argument("--validate-only", action="store_true", help="build and check the recipe; run nothing")
+    a = ap.parse_args(argv)
+    try:
+        spec = JobSpec.from_json(a.jobspec.read_text())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"error: {a.jobspec}: cannot read the job spec: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    run = {"train": _run_train, "convert": _run_convert, "export": _run_export}[a.stage]
+    try:
+        return run(spec, a.validate_only)
+    except ConfigError as e:
+        for p in e.problems:
+            print(f"{a.jobspec}: {p}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception:
+        if a.validate_only:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        return EXIT_JOB_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
