@@ -287,7 +287,7 @@ class _Converter:
             self.lines[dotted] = knode.start_mark.line + 1
             if key not in fields:
                 near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-                hint = f"; did you mean {prefix}{near[0]!r}?" if near else ""
+                hint = f"; did you mean '{prefix}{near[0]}'?" if near else ""
                 self.err(knode, dotted, f": unknown field{hint} (valid: {', '.join(fields)})")
                 continue
             seen.add(key)
@@ -298,6 +298,10 @@ class _Converter:
             if required and name not in seen:
                 self.err(node, prefix + name, f": missing (required: {_type_name(hints[name])})")
                 ok = False
+        for key, msg in _partial_checks(cls, {k: v for k, v in values.items() if v is not _BAD}):
+            knode = next((k for k, _ in node.value if k.value == key), node)
+            self.err(knode, prefix + key, msg)
+            ok = False
         if any(v is _BAD for v in values.values()) or not ok:
             return None
         return cls(**values)
@@ -381,22 +385,6 @@ def _cross_checks(p: ClusterProfile, lines: dict[str, int]) -> list[Problem]:
         return f"{p.source}:{lines.get(key, 1)}"
 
     hw = p.hardware
-    if hw.gpu not in GPUS:
-        near = difflib.get_close_matches(hw.gpu, list(GPUS), n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        out.append(Problem("error", at("hardware.gpu"), f"hardware.gpu={hw.gpu}: unknown GPU{hint} (known: {', '.join(GPUS)})"))
-    else:
-        _, max_per_node, why = GPUS[hw.gpu]
-        if hw.gpus_per_node < 1 or hw.gpus_per_node > max_per_node:
-            out.append(Problem("error", at("hardware.gpus_per_node"),
-                               f"hardware.gpus_per_node={hw.gpus_per_node}: {why} (allowed: 1..{max_per_node})"))
-        if hw.gpu_memory_gib is not None and not (0 < hw.gpu_memory_gib <= GPUS[hw.gpu][0] * 1.05):
-            out.append(Problem("error", at("hardware.gpu_memory_gib"),
-                               f"hardware.gpu_memory_gib={hw.gpu_memory_gib}: a {hw.gpu} has {GPUS[hw.gpu][0]} GiB usable"))
-    if hw.host_memory_gib <= 0:
-        out.append(Problem("error", at("hardware.host_memory_gib"), f"hardware.host_memory_gib={hw.host_memory_gib}: must be > 0"))
-    if hw.max_nodes < 1:
-        out.append(Problem("error", at("hardware.max_nodes"), f"hardware.max_nodes={hw.max_nodes}: must be >= 1"))
     if p.executor != "slurm" and hw.max_nodes != 1:
         out.append(Problem("error", at("hardware.max_nodes"),
                            f"hardware.max_nodes={hw.max_nodes}: executor={p.executor} runs on one node (allowed: 1)"))
@@ -406,10 +394,6 @@ def _cross_checks(p: ClusterProfile, lines: dict[str, int]) -> list[Problem]:
     if p.executor == "slurm":
         if p.slurm is None:
             out.append(Problem("error", at("executor"), "slurm: missing (required when executor=slurm)"))
-        else:
-            for key, val in (("slurm.time", p.slurm.time), ("slurm.cpu_time", p.slurm.cpu_time)):
-                if not _valid_time(val):
-                    out.append(Problem("error", at(key), f"{key}={val}: allowed: HH:MM:SS, MM:SS or D-HH:MM:SS"))
     elif p.slurm is not None:
         out.append(Problem("error", at("slurm"), f"slurm: only for executor=slurm (executor={p.executor})"))
     if p.executor == "docker":
@@ -427,12 +411,8 @@ def _cross_checks(p: ClusterProfile, lines: dict[str, int]) -> list[Problem]:
         areas.append(("hf_cache", p.storage.hf_cache))
     for name, area in areas:
         key = f"storage.{name}"
-        if not area.host.startswith("/"):
-            out.append(Problem("error", at(key + ".host"), f"{key}.host={area.host}: must be an absolute path"))
         if p.container is not None and not area.container:
             out.append(Problem("error", at(key), f"{key}.container: missing (the profile runs in a container)"))
-        if area.container and not area.container.startswith("/"):
-            out.append(Problem("error", at(key + ".container"), f"{key}.container={area.container}: must be an absolute path"))
         if p.container is None and area.container:
             out.append(Problem("error", at(key + ".container"),
                                f"{key}.container={area.container}: no container in this profile; remove it"))
@@ -453,3 +433,39 @@ def _valid_time(t: str) -> bool:
     import re
 
     return re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){1,2}|\d+", t) is not None
+
+
+def _partial_checks(cls: type, v: dict[str, Any]) -> list[tuple[str, str]]:
+    """Value checks of one section, run on whatever fields parsed, so every problem is reported at once."""
+    out: list[tuple[str, str]] = []
+    if cls is Hardware:
+        gpu = v.get("gpu")
+        if gpu is not None and gpu not in GPUS:
+            near = difflib.get_close_matches(gpu, list(GPUS), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            out.append(("gpu", f"={gpu}: unknown GPU{hint} (known: {', '.join(GPUS)})"))
+        elif gpu is not None:
+            mem, max_per_node, why = GPUS[gpu]
+            n = v.get("gpus_per_node")
+            if n is not None and not 1 <= n <= max_per_node:
+                out.append(("gpus_per_node", f"={n}: {why} (allowed: 1..{max_per_node})"))
+            m = v.get("gpu_memory_gib")
+            if m is not None and not 0 < m <= mem * 1.05:
+                out.append(("gpu_memory_gib", f"={m}: a {gpu} has {mem} GiB usable (allowed: 0 < value <= {mem})"))
+        for key in ("host_memory_gib", "max_nodes", "cpus_per_node"):
+            if key in v and v[key] <= 0:
+                out.append((key, f"={v[key]}: must be > 0"))
+    if cls is SlurmSettings:
+        for key in ("time", "cpu_time"):
+            if key in v and not _valid_time(v[key]):
+                out.append((key, f"={v[key]}: allowed: HH:MM:SS, MM:SS, D-HH:MM:SS or minutes"))
+        for key in ("signal_seconds", "max_requeues", "cpus_per_cpu_task"):
+            if key in v and v[key] < 0:
+                out.append((key, f"={v[key]}: must be >= 0"))
+    if cls is Storage:
+        for key in ("host", "container"):
+            if v.get(key) is not None and not v[key].startswith("/"):
+                out.append((key, f"={v[key]}: must be an absolute path"))
+    if cls is Defaults and "nodes" in v and v["nodes"] < 1:
+        out.append(("nodes", f"={v['nodes']}: must be >= 1"))
+    return out
