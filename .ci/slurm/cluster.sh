@@ -114,7 +114,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 GresTypes=gpu
 # The nodes declare more CPUs and memory than the host has (SlurmdParameters=config_overrides), so
-# that jobs shaped like real ones (8 tasks per node, --cpus-per-task) can be scheduled.
+# that jobs shaped like real ones can be scheduled: 224 CPUs like a DGX H100 (8 tasks x 28 CPUs).
 SlurmdParameters=config_overrides
 ReturnToService=2
 JobRequeue=1
@@ -140,7 +140,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
 AccountingStorageTRES=gres/gpu
-NodeName=node[1-4] NodeHostname=$host NodeAddr=127.0.0.1 Port=17001-17004 CPUs=32 Boards=1 SocketsPerBoard=2 CoresPerSocket=16 ThreadsPerCore=1 RealMemory=64000 Gres=gpu:8 State=UNKNOWN
+NodeName=node[1-4] NodeHostname=$host NodeAddr=127.0.0.1 Port=17001-17004 CPUs=224 Boards=1 SocketsPerBoard=2 CoresPerSocket=112 ThreadsPerCore=1 RealMemory=64000 Gres=gpu:8 State=UNKNOWN
 PartitionName=gpu Nodes=node[1-4] Default=YES MaxTime=INFINITE State=UP
 PartitionName=cpu Nodes=node[1-4] Default=NO MaxTime=INFINITE State=UP
 EOF
