@@ -14,7 +14,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from launcher import __version__
 from launcher.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SUBMIT, EXIT_USAGE, ConfigError, Problem
@@ -126,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _overrides(args: argparse.Namespace) -> Any:
     from launcher.plan import Overrides
 
-    resume = "resume" if getattr(args, "resume", False) else "fresh" if getattr(args, "fresh", False) else "auto"
+    resume: Literal["auto", "resume", "fresh"] = (
+        "resume" if getattr(args, "resume", False) else "fresh" if getattr(args, "fresh", False) else "auto")
     return Overrides(
         nodes=args.nodes, max_steps=args.max_steps, gbs=args.gbs, mbs=args.mbs, seq_length=args.seq_length,
         data=tuple(args.data), valid_data=tuple(args.valid_data), model=args.model, model_dir=args.model_dir,

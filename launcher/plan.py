@@ -23,6 +23,7 @@ from launcher.models import MODELS, ModelSpec
 from launcher.profiles import ClusterProfile
 
 StageName = Literal["download", "convert", "tokenize", "train", "export"]
+LauncherKind = Literal["none", "srun", "torchrun"]
 STAGE_ORDER: tuple[StageName, ...] = ("download", "convert", "tokenize", "train", "export")
 CODE_MOUNT = "/opt/cpt-launch"  # where the launcher's own source is mounted in the container
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -85,7 +86,7 @@ class Stage:
     depends_on: tuple[str, ...]
     resources: Resources
     command: tuple[str, ...]  # argv inside the job environment (container paths)
-    launcher: Literal["none", "srun", "torchrun"]  # how many processes start the command
+    launcher: LauncherKind  # how many processes start the command
     script: str  # the bash script each task runs (rendered from the above)
     script_path: str  # host path the executor writes it to
     job_script_path: str  # the same file as the job sees it
@@ -325,7 +326,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
                          "--workers", str(cpu_task)])
 
     if profile.executor == "slurm":
-        train_launcher: Literal["none", "srun", "torchrun"] = "srun"
+        train_launcher: LauncherKind = "srun"
         train_cmd = [py, "-m", "recipes.entry", "train", "--jobspec", jobspec_job]
     elif hw.gpus_per_node > 1 or profile.executor == "torchrun":
         train_launcher = "torchrun"
@@ -340,7 +341,8 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
                         profile.slurm.time if profile.slurm else None,
                         profile.slurm.partition if profile.slurm else None)
 
-    specs: list[tuple[StageName, tuple[str, ...], Resources, list[list[str]], str, dict[str, str], str | None]] = [
+    specs: list[tuple[StageName, tuple[str, ...], Resources, list[list[str]], LauncherKind, dict[str, str],
+                      str | None]] = [
         ("download", (), cpu_res(),
          [[py, "-m", "launcher.stages.download", "--repo", model.hf_repo, "--dest", model_dir_job]],
          "none", {"model_dir": model_dir_host}, None),
