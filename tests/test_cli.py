@@ -1,0 +1,120 @@
+"""The command line as a user runs it: dry run text and JSON, exit codes, the download stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+
+
+def test_dry_run_prints_summary_then_every_script() -> None:
+    r = run("--cluster", "dgx-h100", "--nodes", "4", "--dry-run", "--run-name", "demo")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert out.startswith("cpt-launch 0.1.0 plan: run demo on dgx-h100 (slurm), 4 node(s) x 8 GPU = 32 GPU(s)")
+    for stage in ("download", "convert", "tokenize", "train", "export"):
+        assert f"# ===== stage {stage}: /lustre/cpt/runs/demo/scripts/{stage}.sh =====" in out
+    assert out.count("set -euo pipefail") == 5
+
+
+def test_json_has_the_documented_keys() -> None:
+    r = run("--cluster", "dgx-h100", "--nodes", "4", "--dry-run", "--json", "--run-name", "demo",
+            env={"HF_TOKEN": "hf_shouldNotAppear"})
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert {"run", "cluster", "nodes", "gpus", "parallelism", "stages", "problems", "memory"} <= set(d)
+    assert (d["run"], d["cluster"], d["nodes"], d["gpus"]) == ("demo", "dgx-h100", 4, 32)
+    p = d["parallelism"]
+    assert p["tp"] * p["pp"] * p["cp"] * p["dp"] == 32 and p["gbs"] % (p["mbs"] * p["dp"]) == 0
+    assert [s["name"] for s in d["stages"]] == ["download", "convert", "tokenize", "train", "export"]
+    assert all({"name", "depends_on", "script"} <= set(s) for s in d["stages"])
+    assert set(d["memory"]) >= {"predicted_peak_gib", "capacity_gib", "fits", "strategy"}
+    assert "hf_shouldNotAppear" not in r.stdout + r.stderr
+
+
+def test_dry_run_does_not_touch_the_filesystem(tmp_path: Path) -> None:
+    prof = (REPO / "clusters" / "test-slurm.yaml").read_text().replace("/tmp/cpt-test", str(tmp_path / "x"))
+    f = tmp_path / "p.yaml"
+    f.write_text(prof)
+    r = run("--cluster", str(f), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]
+
+
+def test_nodes_rederive_in_the_dry_run() -> None:
+    d1 = json.loads(run("plan", "--cluster", "dgx-h100", "--nodes", "1", "--json").stdout)
+    d8 = json.loads(run("plan", "--cluster", "dgx-h100", "--nodes", "8", "--json").stdout)
+    assert d1["gpus"] == 8 and d8["gpus"] == 64
+    for d in (d1, d8):
+        p = d["parallelism"]
+        assert p["tp"] * p["pp"] * p["cp"] * p["dp"] == d["gpus"]
+
+
+def test_pinned_knob_that_cannot_work_exits_2_naming_it() -> None:
+    r = run("plan", "--cluster", "dgx-h100", "--nodes", "4", "--tp", "3")
+    assert r.returncode == 2 and r.stdout == ""
+    assert "--tp" in r.stderr and "tp=3" in r.stderr and "nearest that works" in r.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--cluster", "dgx-h100", "--nodes", "four"])
+    assert e.value.code == 2
+
+
+def test_check_reports_missing_data_through_the_mounts(tmp_path: Path) -> None:
+    prof = (REPO / "clusters" / "test-slurm.yaml").read_text().replace("/tmp/cpt-test", str(tmp_path))
+    f = tmp_path / "p.yaml"
+    f.write_text(prof)
+    r = run("check", "--cluster", str(f), "--data", str(tmp_path / "data" / "nope_text_document"),
+            env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2
+    assert f"{tmp_path}/data/nope_text_document.bin" in r.stderr and r.stdout.endswith("warning(s)\n")
+
+
+def test_status_of_an_unknown_run_names_what_it_looked_for() -> None:
+    r = run("status", "/nonexistent/run")
+    assert r.returncode == 2 and "no manifest.json in /nonexistent/run" in r.stderr
+
+
+def test_help_does_not_import_heavy_modules() -> None:
+    code = ("import sys; from launcher.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'nemo', 'nemo_run', 'numpy') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---- the download stage ------------------------------------------------------------------------------------
+
+
+def test_download_skips_a_complete_model_dir(tmp_path: Path) -> None:
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", 2) + b"{}")
+    r = subprocess.run([sys.executable, "-m", "launcher.stages.download", "--repo", "meta-llama/Llama-3.1-8B",
+                        "--dest", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and "already holds a complete model" in r.stderr
+
+
+def test_download_offline_without_cache_explains(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "launcher.stages.download", "--repo", "meta-llama/Llama-3.1-8B",
+                        "--dest", str(tmp_path / "m")], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert r.returncode == 2, r.stderr
+    assert "HF_HUB_OFFLINE=1 and the model is not in the cache" in r.stderr and "Traceback" not in r.stderr
