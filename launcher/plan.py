@@ -277,9 +277,12 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         ckpt_every_n_steps=ov.ckpt_every_n_steps or 15,
         fp8=ov.fp8,
         recompute=choice.recompute,
-        recompute_num_layers=model.num_layers // par.pp if choice.recompute == "full" else None,
+        # what the memory model assumed: full = uniform, one layer at a time (planner.recompute_settings)
+        recompute_num_layers=choice.recompute_settings()["recompute_num_layers"],  # type: ignore[arg-type]
         optimizer_offload=offload,
         offload_fraction=1.0,
+        # offloaded state: bf16 grads on the GPU (the fp32 main-grad buffer alone is 4 B/param)
+        grad_reduce_in_fp32=not offload,
         peft=ov.peft,
         attention="sdpa" if attention == "sdpa" else "te",
         train_data=_blend([_to_job_path(p, profile) for p in train_prefixes]),
