@@ -21,9 +21,13 @@ from launcher.plan import LaunchPlan, Stage
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
-# The per-task part of the rendezvous: each srun task reads its own rank from its Slurm environment. The same
-# text is in templates/train.sbatch.j2 (the submitit backend uses this constant).
-TASK_RANK_EXPORTS = "export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID NODE_RANK=$SLURM_NODEID"
+# What each srun task of the train step runs (``bash -c WRAPPER STAGE_SCRIPT MARKER``): its rank variables from
+# its own Slurm environment (the per-task part of the rendezvous), then the stage script; exit status 2 (our
+# entrypoints' configuration error) leaves MARKER, so the batch script can tell it from the SIGTERM that
+# srun --kill-on-bad-exit sends the other tasks. ``trap : USR1``: Slurm signals every process of the step,
+# the trainer handles SIGUSR1, this bash must only survive it.
+TASK_WRAPPER = ('trap : USR1; export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID NODE_RANK=$SLURM_NODEID; '
+                'rc=0; bash "$0" || rc=$?; if ((rc == 2)); then : >"$1"; fi; exit "$rc"')
 
 
 @lru_cache(maxsize=1)
@@ -131,9 +135,15 @@ def rendezvous_lines() -> list[str]:
     return text.rstrip("\n").split("\n")
 
 
-def task_command(stage: Stage) -> list[str]:
-    """argv each srun task runs: its rank variables from Slurm, then the stage script (same as the template)."""
-    return ["bash", "-c", TASK_RANK_EXPORTS + '; exec bash "$0"', stage.job_script_path]
+def config_error_marker(plan: LaunchPlan, stage: Stage, view: str) -> str:
+    """Where a task records exit status 2 (``view``: "host" for the batch script, "job" for the task)."""
+    base = plan.run_dir if view == "host" else plan.job_run_dir
+    return f"{base}/logs/.{stage.name}.config-error"
+
+
+def task_command(plan: LaunchPlan, stage: Stage) -> list[str]:
+    """argv each srun task runs (the same as templates/train.sbatch.j2's srun line)."""
+    return ["bash", "-c", TASK_WRAPPER, stage.job_script_path, config_error_marker(plan, stage, "job")]
 
 
 def _one_line(text: str) -> str:
@@ -160,6 +170,9 @@ def render_sbatch(plan: LaunchPlan, stage: Stage) -> str:
         stage=stage.name,
         stage_script=stage.job_script_path,
         stage_script_q=shlex.quote(stage.job_script_path),
+        task_wrapper_q=shlex.quote(TASK_WRAPPER),
+        marker_host_q=shlex.quote(config_error_marker(plan, stage, "host")),
+        marker_job_q=shlex.quote(config_error_marker(plan, stage, "job")),
         max_requeues=sl.max_requeues if sl else 0,
         profile_source=Path(plan.profile.source).name or plan.cluster,
     )

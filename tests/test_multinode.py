@@ -142,3 +142,123 @@ def test_emitted_train_sbatch_forms_one_process_group(slurm_cluster: SlurmCluste
     # MASTER_ADDR is the first node of the allocation (NodeAddr 127.0.0.1 here: node names are not in DNS)
     assert r["master"].startswith("127.0.0.1:")
     assert "rendezvous 127.0.0.1:" in train_log(plan)
+
+
+# ---- time limit / preemption, node failure, config error, retry limit ------------------------------------------
+
+BASE_VALUE = 1000.0
+STEP_RE = re.compile(r"attempt=(\d+) step=(\d+) value=(\S+)$")
+RESUME_RE = re.compile(r"attempt=(\d+) resume source=(\w+) step=(\d+) value=(\S+) world=(\d+)$")
+SAVED_RE = re.compile(r"attempt=(\d+) saved \S+--step=(\d+)-last$")
+
+
+class Loop:
+    """A train-loop job: the plan (train stage only), its emitted sbatch directory, step log and checkpoints."""
+
+    def __init__(self, tmp: Path, prefix: str, *, nodes: int = 2, tasks_per_node: int = 1, steps: int = 30,
+                 ckpt_every: int = 5, step_seconds: float = 0.3, max_requeues: int = 2,
+                 extra: tuple[str, ...] = ()) -> None:
+        from launcher.executors.sbatch_backend import emit_sbatch
+
+        plan = make_plan(make_profile(tmp, gpus_per_node=tasks_per_node, max_requeues=max_requeues), nodes,
+                         unique(prefix))
+        self.ckpt_dir = Path(plan.stage("train").outputs["checkpoints"])
+        self.step_log = tmp / "steps.log"
+        base = tmp / "base.json"
+        base.write_text(json.dumps({"value": BASE_VALUE}))
+        self.steps, self.world = steps, nodes * tasks_per_node
+        self.plan = with_train_command(plan, [
+            "train-loop", "--ckpt-dir", str(self.ckpt_dir), "--base", str(base), "--steps", str(steps),
+            "--ckpt-every", str(ckpt_every), "--step-seconds", str(step_seconds), "--log", str(self.step_log),
+            *extra])
+        self.sbatch = tmp / "emit" / "train.sbatch"
+        emit_sbatch(self.plan, tmp / "emit")
+        self.name = f"{self.plan.run}.train"
+        self.jid = ""
+
+    def submit(self, cluster: SlurmCluster) -> str:
+        self.jid = cluster.sbatch(self.sbatch)
+        return self.jid
+
+    def lines(self) -> list[str]:
+        return self.step_log.read_text().splitlines() if self.step_log.exists() else []
+
+    def steps_of(self, attempt: int) -> list[int]:
+        return [int(m.group(2)) for m in map(STEP_RE.match, self.lines()) if m and int(m.group(1)) == attempt]
+
+    def resumes(self) -> list[tuple[int, str, int]]:
+        return [(int(m.group(1)), m.group(2), int(m.group(3))) for m in map(RESUME_RE.match, self.lines()) if m]
+
+    def saved(self, attempt: int) -> list[int]:
+        return [int(m.group(2)) for m in map(SAVED_RE.match, self.lines()) if m and int(m.group(1)) == attempt]
+
+    def expected_value(self, last_step: int) -> float:
+        return BASE_VALUE + sum(range(1, last_step + 1)) * self.world * (self.world + 1) / 2
+
+    def final_value(self) -> float:
+        m = [STEP_RE.match(x) for x in self.lines()]
+        return float([x for x in m if x][-1].group(3))
+
+    def log(self) -> str:
+        return train_log(self.plan) + "\n--- step log ---\n" + "\n".join(self.lines())
+
+
+def test_warning_signal_checkpoints_requeues_and_resumes_without_lost_or_repeated_steps(
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    loop = Loop(tmp_path, "usr1", nodes=2, tasks_per_node=1, steps=30, ckpt_every=5, step_seconds=0.3)
+    jid = loop.submit(slurm_cluster)
+    wait_for(lambda: len(loop.steps_of(0)) >= 7, 60, "attempt 0 to pass step 7")
+    # What Slurm does signal_seconds before the time limit (#SBATCH --signal=B:USR1@N): USR1 to the batch shell.
+    slurm_cluster.run("scancel", "--signal=USR1", "--batch", jid)
+    state = wait_job(slurm_cluster, jid, loop.name, timeout=100)
+    assert state == "COMPLETED", loop.log()
+    first, second = loop.steps_of(0), loop.steps_of(1)
+    stopped = first[-1]
+    assert loop.saved(0)[-1] == stopped, loop.log()  # it checkpointed the step it stopped after
+    assert loop.resumes() == [(0, "base_checkpoint", 0), (1, "own_checkpoint", stopped)], loop.log()
+    assert first + second == list(range(1, loop.steps + 1)), loop.log()  # no step lost, none repeated
+    assert loop.final_value() == loop.expected_value(loop.steps)
+    slog = train_log(loop.plan)
+    assert "requeueing job" in slog and "attempt 2 of at most 3" in slog
+    assert [r["State"].split()[0] for r in job_rows(slurm_cluster, jid, loop.name)] == ["REQUEUED", "COMPLETED"]
+
+
+def test_config_error_is_not_requeued(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    loop = Loop(tmp_path, "cfgerr", nodes=2, extra=("--config-error",))
+    jid = loop.submit(slurm_cluster)
+    state = wait_job(slurm_cluster, jid, loop.name, timeout=60)
+    rows = job_rows(slurm_cluster, jid, loop.name)
+    assert state == "FAILED" and rows[-1]["ExitCode"] == "2:0", loop.log()
+    time.sleep(2)  # would a requeue show up? (it would be REQUEUED/PENDING by now)
+    rows = job_rows(slurm_cluster, jid, loop.name)
+    assert len(rows) == 1 and rows[0]["State"] == "FAILED", rows
+    assert "configuration error (exit 2): not requeued" in train_log(loop.plan)
+    assert "attempt 2" not in train_log(loop.plan)
+
+
+def test_retry_limit_holds_for_signal_requeues(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    loop = Loop(tmp_path, "limit", nodes=2, steps=400, ckpt_every=50, step_seconds=0.1, max_requeues=1)
+    jid = loop.submit(slurm_cluster)
+    for attempt in (0, 1):
+        wait_for(lambda: len(loop.steps_of(attempt)) >= 3, 60, f"attempt {attempt} to run 3 steps")
+        slurm_cluster.run("scancel", "--signal=USR1", "--batch", jid)
+    state = wait_job(slurm_cluster, jid, loop.name, timeout=60)
+    slog = train_log(loop.plan)
+    assert state == "FAILED", loop.log()
+    assert "retry limit reached (1 requeues)" in slog, slog
+    assert [r[0] for r in loop.resumes()] == [0, 1]  # two attempts, no third
+    # the second stop still saved its step, so `--resume` later continues from there
+    assert loop.saved(1)[-1] == loop.steps_of(1)[-1]
+    assert loop.steps_of(0) + loop.steps_of(1) == list(range(1, loop.steps_of(1)[-1] + 1))
+
+
+def test_retry_limit_holds_for_slurm_requeues(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    # Slurm itself requeues on node failure; the script's guard bounds those restarts too (max_requeues=0).
+    loop = Loop(tmp_path, "limit0", nodes=2, steps=400, ckpt_every=50, step_seconds=0.1, max_requeues=0)
+    jid = loop.submit(slurm_cluster)
+    wait_for(lambda: len(loop.steps_of(0)) >= 3, 60, "attempt 0 to run 3 steps")
+    slurm_cluster.run("scontrol", "requeue", jid)  # as after a NODE_FAIL
+    state = wait_job(slurm_cluster, jid, loop.name, timeout=60)
+    assert state == "FAILED", loop.log()
+    assert "retry limit reached (1 restarts > 0)" in train_log(loop.plan)
+    assert [r[0] for r in loop.resumes()] == [0]  # the second attempt never started the trainer
