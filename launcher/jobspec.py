@@ -68,6 +68,7 @@ class TrainSpec:
     val_check_interval: int = 15
     limit_val_batches: int = 8
     ckpt_every_n_steps: int = 15
+    ckpt_async_save: bool = True  # write checkpoints in the background (NeMo's default); False: the step waits
     ckpt_keep: int = 2  # newest checkpoints kept (plus the -last link); 8B with optimizer state is ~112 GB each
     precision: Literal["bf16-mixed"] = "bf16-mixed"
     fp8: bool = False

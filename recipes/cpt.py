@@ -201,7 +201,7 @@ def train_recipe(spec: TrainSpec, attention: ResolvedAttention | None = None) ->
     st.sequence_parallel = p.sequence_parallel
     st.virtual_pipeline_model_parallel_size = p.virtual_pp
     st.pipeline_dtype = torch.bfloat16 if p.pp > 1 else None
-    st.ckpt_async_save = True
+    st.ckpt_async_save = spec.ckpt_async_save
     st.ckpt_parallel_load = True
     st.ddp = run.Config(
         DistributedDataParallelConfig,
@@ -279,11 +279,11 @@ def train_recipe(spec: TrainSpec, attention: ResolvedAttention | None = None) ->
         save_on_train_epoch_end=False,
         save_optim_on_train_end=True,
     )
-    tb = (run.Config(TensorBoardLogger, save_dir=os.path.join(spec.log_dir, "tb_logs"), name=spec.run_name)
+    tb = (run.Config(TensorBoardLogger, save_dir="tb_logs", name=spec.run_name)  # NeMoLogger puts it under log_dir
           if spec.tensorboard else None)
     # W&B: the key comes from the environment (WANDB_API_KEY) only; WANDB_MODE=offline works without a network.
     wb = (run.Config(WandbLogger, project=spec.wandb_project, name=spec.run_name,
-                     save_dir=os.path.join(spec.log_dir, "wandb"))
+                     save_dir="wandb")
           if spec.wandb_project else None)
     recipe.log = run.Config(
         nl.NeMoLogger,
@@ -421,6 +421,7 @@ def train_recipe_checks(recipe: run.Partial, spec: TrainSpec, attention: Resolve
         Check("limit_val_batches", recipe.trainer.limit_val_batches, spec.limit_val_batches),
         Check("ckpt every n steps", recipe.log.ckpt.every_n_train_steps, spec.ckpt_every_n_steps),
         Check("ckpt dir", recipe.log.ckpt.dirpath, spec.checkpoint_dir),
+        Check("ckpt async", st.ckpt_async_save, spec.ckpt_async_save),
         Check("resume_if_exists", res.resume_if_exists, True),
         Check("resume_ignore_no_checkpoint", res.resume_ignore_no_checkpoint, True),
         Check("resume dir", res.resume_from_directory, spec.checkpoint_dir),

@@ -12,6 +12,7 @@ printed), 4 the stage itself failed. Messages go to stderr; ``--validate-only`` 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -68,6 +69,30 @@ def _patch_megatron_without_te() -> list[str]:
     return ["megatron.core.optimizer.is_te_min_version -> False (no Transformer Engine)"]
 
 
+def _shim_missing_resiliency_ext() -> str | None:
+    """NeMo's NeMoLogger checks ``isinstance(cb, LocalCheckpointCallback)`` for every ModelCheckpoint callback,
+    through ``safe_import('nvidia_resiliency_ext.ptl_resiliency.local_checkpoint_callback')``; where that import
+    fails (seen on the H200 machine's carried stack) the check itself raises, and no run with checkpoints can start.
+    We never use local checkpointing, so where the real module does not import, a stand-in with a class nothing is
+    an instance of gives NeMo the answer it needs. Returns the import error (logged), None when the real one works."""
+    name = "nvidia_resiliency_ext.ptl_resiliency.local_checkpoint_callback"
+    try:
+        importlib.import_module(name)
+        return None
+    except Exception as e:  # noqa: BLE001 - any import failure means the same here
+        import types
+
+        err = f"{type(e).__name__}: {e}"
+        mod = types.ModuleType(name)
+
+        class LocalCheckpointCallback:  # never instantiated: isinstance(x, LocalCheckpointCallback) is always False
+            pass
+
+        mod.LocalCheckpointCallback = LocalCheckpointCallback  # type: ignore[attr-defined]
+        sys.modules[name] = mod
+        return err
+
+
 def _run_train(spec: JobSpec, validate_only: bool) -> int:
     t = spec.train
     decision = decide_resume(_listdir(t.checkpoint_dir), t.base_checkpoint or None, allow_random_init=t.random_init)
@@ -100,6 +125,9 @@ def _run_train(spec: JobSpec, validate_only: bool) -> int:
 
     for p in _patch_megatron_without_te():
         log(f"compat: {p}")
+    err = _shim_missing_resiliency_ext()
+    if err:
+        log(f"compat: nvidia_resiliency_ext local checkpoint callback does not import ({err}); using a stand-in")
     _apply_gpu_memory_cap(t.gpu_memory_cap_gib)
     import fiddle as fdl
 

@@ -10,6 +10,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > $OUT/env.txt
 python3 -c "import torch,sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda)" >> $OUT/env.txt
 nproc >> $OUT/env.txt; grep MemTotal /proc/meminfo >> $OUT/env.txt; df -h /tmp >> $OUT/env.txt
 setup_stack >> $OUT/env.txt 2>&1
+$NEMO_PY -c "import nvidia_resiliency_ext.ptl_resiliency.local_checkpoint_callback" >> $OUT/env.txt 2>&1; echo "nvrx import rc=$?" >> $OUT/env.txt
 mkdir -p $ROOT/jobs
 MJ="python3 benchmarks/train/make_jobspec.py"
 $MJ $ROOT/jobs/main8.json --name main8 --layers 8 --gpus 1 --gbs 8 --steps 40 --ckpt-every 20 --val-every 20

@@ -39,6 +39,7 @@ def main() -> int:
     ap.add_argument("--bf16-grads", action="store_true")
     ap.add_argument("--sp", action="store_true")
     ap.add_argument("--cap-gib", type=float, default=None)
+    ap.add_argument("--sync-ckpt", action="store_true")
     ap.add_argument("--attention", default="auto", choices=["auto", "te", "sdpa"])
     a = ap.parse_args()
     dp = a.gpus // (a.tp * a.pp)
@@ -50,6 +51,7 @@ def main() -> int:
                                 distributed_optimizer=True),
         optim=Optim(), seq_length=a.seq, max_steps=a.steps, val_check_interval=a.val_every,
         limit_val_batches=a.val_batches, ckpt_every_n_steps=a.ckpt_every, ckpt_keep=1,
+        ckpt_async_save=not a.sync_ckpt,
         recompute=a.recompute, recompute_num_layers=a.recompute_layers,
         optimizer_offload=a.offload, offload_fraction=a.offload_fraction, grad_reduce_in_fp32=not a.bf16_grads,
         gpu_memory_cap_gib=a.cap_gib, attention=a.attention,
