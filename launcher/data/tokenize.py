@@ -131,11 +131,56 @@ def load_tokenizer_spec(directory: str | os.PathLike[str], *, allow_eot_eod: boo
             f"Megatron's --append-eod uses its eos_token (base Llama-3.1: \"<|end_of_text|>\")"
         )
     raw = tj.read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
     try:
-        tok = json.loads(raw)
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"--tokenizer {directory}: cannot parse its JSON: {e}") from None
+        raise DataError(f"{cfg_path}: cannot parse: {e}") from None
+    facts = _cache_get(sha, "facts")
+    if facts is None:
+        facts = _tokenizer_facts(raw, tj)
+        _cache_put(sha, "facts", facts)
+    added: dict[str, int] = facts["added"]
+    eos = _token_content(cfg.get("eos_token"))
+    if eos is None:
+        raise DataError(
+            f"{cfg_path}: eos_token is missing; set it to the end-of-document token "
+            f"(base Llama-3.1: \"<|end_of_text|>\", id 128001)"
+        )
+    eos_id = added.get(eos)
+    if eos_id is None:  # a plain vocabulary token (rare): look it up in the full vocabulary
+        eos_id = (json.loads(raw).get("model", {}).get("vocab") or {}).get(eos)
+    if eos_id is None:
+        raise DataError(f"{cfg_path}: eos_token={eos!r} is not in {tj}'s vocabulary or added tokens")
+    if eos == EOT_TOKEN and not allow_eot_eod:
+        raise DataError(
+            f"{cfg_path}: eos_token=\"{EOT_TOKEN}\" (id {eos_id}) is the Instruct model's end-of-TURN token; "
+            f"pretraining documents must end with \"<|end_of_text|>\" (id 128001, the BASE model's eos). "
+            f"Use the base model's tokenizer (meta-llama/Llama-3.1-8B), or pass --allow-eot-eod if you really "
+            f"want {EOT_TOKEN} between documents"
+        )
+    template = facts["template"]
+    prefix, suffix = (tuple(template[0]), tuple(template[1])) if template is not None else ((), ())
+    return TokenizerSpec(
+        directory=str(d.resolve()),
+        tokenizer_json=str(tj.resolve()),
+        sha256=sha,
+        vocab_size=int(facts["vocab_size"]),
+        eod_id=int(eos_id),
+        eod_token=eos,
+        prefix_ids=prefix,
+        suffix_ids=suffix,
+        fast_ok=bool(facts["fast_ok"]),
+        special_tokens=tuple(sorted(added.items(), key=lambda kv: kv[1])),
+    )
+
+
+def _tokenizer_facts(raw: bytes, tj: Path) -> dict[str, Any]:
+    """What we need from a tokenizer.json (parsing 9 MB takes ~0.5 s, so the result is cached by sha256)."""
+    try:
+        tok = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{tj}: cannot parse: {e}") from None
     ids_of: dict[str, int] = {}
     model = tok.get("model") or {}
     vocab = model.get("vocab") or {}
@@ -143,23 +188,6 @@ def load_tokenizer_spec(directory: str | os.PathLike[str], *, allow_eot_eod: boo
         ids_of.update(vocab)
     added = {t["content"]: int(t["id"]) for t in tok.get("added_tokens", [])}
     ids_of.update(added)
-    # transformers' len(tokenizer) = tokenizers' get_vocab_size(with_added_tokens=True): count distinct ids.
-    vocab_size = len(set(ids_of.values()))
-    eos = _token_content(cfg.get("eos_token"))
-    if eos is None:
-        raise DataError(
-            f"{cfg_path}: eos_token is missing; set it to the end-of-document token "
-            f"(base Llama-3.1: \"<|end_of_text|>\", id 128001)"
-        )
-    if eos not in ids_of:
-        raise DataError(f"{cfg_path}: eos_token={eos!r} is not in {tj}'s vocabulary or added tokens")
-    if eos == EOT_TOKEN and not allow_eot_eod:
-        raise DataError(
-            f"{cfg_path}: eos_token=\"{EOT_TOKEN}\" (id {ids_of[eos]}) is the Instruct model's end-of-TURN token; "
-            f"pretraining documents must end with \"<|end_of_text|>\" (id 128001, the BASE model's eos). "
-            f"Use the base model's tokenizer (meta-llama/Llama-3.1-8B), or pass --allow-eot-eod if you really "
-            f"want {EOT_TOKEN} between documents"
-        )
     template = _template_specials(tok.get("post_processor"), ids_of)
     pre = tok.get("pre_tokenizer") or {}
     pre_types = [p.get("type") for p in pre.get("pretokenizers", [])] if pre.get("type") == "Sequence" else [pre.get("type")]
@@ -173,19 +201,43 @@ def load_tokenizer_spec(directory: str | os.PathLike[str], *, allow_eot_eod: boo
         and model.get("continuing_subword_prefix") in (None, "")
         and model.get("end_of_word_suffix") in (None, "")
     )
-    prefix, suffix = template if template is not None else ((), ())
-    return TokenizerSpec(
-        directory=str(d.resolve()),
-        tokenizer_json=str(tj.resolve()),
-        sha256=hashlib.sha256(raw).hexdigest(),
-        vocab_size=vocab_size,
-        eod_id=int(ids_of[eos]),
-        eod_token=eos,
-        prefix_ids=prefix,
-        suffix_ids=suffix,
-        fast_ok=fast_ok,
-        special_tokens=tuple(sorted(added.items(), key=lambda kv: kv[1])),
-    )
+    return {
+        # transformers' len(tokenizer) = tokenizers' get_vocab_size(with_added_tokens=True): distinct ids
+        "vocab_size": len(set(ids_of.values())),
+        "added": added,
+        "template": [list(template[0]), list(template[1])] if template is not None else None,
+        "fast_ok": fast_ok,
+    }
+
+
+def _cache_file(sha: str) -> Path:
+    root = os.environ.get("CPT_LAUNCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cpt-launch")
+    return Path(root) / "tokenizers" / f"{sha}.json"
+
+
+def _cache_get(sha: str, key: str) -> Any:
+    """A cached fact about the tokenizer.json with this sha256 (None when absent or unreadable)."""
+    try:
+        return json.loads(_cache_file(sha).read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+
+
+def _cache_put(sha: str, key: str, value: Any) -> None:
+    """Best effort (a read-only home must not stop tokenization)."""
+    path = _cache_file(sha)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[key] = value
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 class _HFEngine:
@@ -199,8 +251,9 @@ class _HFEngine:
         self._tok = Tokenizer.from_file(spec.tokenizer_json)
         self.adds_template = True  # add_special_tokens=True: the post-processor adds BOS itself
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        encs = self._tok.encode_batch_fast(texts) if hasattr(self._tok, "encode_batch_fast") else self._tok.encode_batch(texts)
+    def encode(self, texts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        strs = [t.decode("utf-8") for t in texts]
+        encs = self._tok.encode_batch_fast(strs) if hasattr(self._tok, "encode_batch_fast") else self._tok.encode_batch(strs)
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
         flat = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
         return flat, lengths
@@ -231,8 +284,8 @@ class _TiktokenEngine:
         )
         self.adds_template = False
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        out = [self._enc.encode(t, allowed_special="all", disallowed_special=()) for t in texts]
+    def encode(self, texts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        out = [self._enc.encode(t.decode("utf-8"), allowed_special="all", disallowed_special=()) for t in texts]
         lengths = np.fromiter((len(x) for x in out), dtype=np.int64, count=len(out))
         flat = np.fromiter((i for x in out for i in x), dtype=np.int64, count=int(lengths.sum()))
         return flat, lengths
@@ -249,10 +302,10 @@ class _GigatokenEngine:
         self._tok = gigatoken.Tokenizer(spec.directory)
         self.adds_template = False
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, texts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         if not texts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        arr = self._tok.encode_batch([t.encode("utf-8") for t in texts], parallel=False)
+        arr = self._tok.encode_batch(texts, parallel=False)
         layout = arr.layout
         offsets = np.asarray(layout.offsets.data)
         flat = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
@@ -291,40 +344,68 @@ def _make_engine(name: str, spec: TokenizerSpec) -> Any:
     return {"gigatoken": _GigatokenEngine, "tiktoken": _TiktokenEngine, "hf": _HFEngine}[name](spec)
 
 
-def choose_engine(spec: TokenizerSpec, engine: str = "auto", log: TextIO | None = None) -> str:
-    """The first engine that is installed and reproduces HF ``tokenizers`` on PROBES for this tokenizer."""
+def _engine_version(name: str) -> str | None:
+    """The installed version of an engine's package, or None when it is not installed."""
+    import importlib.metadata
+    import importlib.util
+
+    pkg = {"hf": "tokenizers"}.get(name, name)
+    if importlib.util.find_spec(pkg) is None:
+        return None
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def choose_engine(spec: TokenizerSpec, engine: str = "auto", log: TextIO | None = None) -> tuple[str, Any]:
+    """The first engine that is installed and reproduces HF ``tokenizers`` on PROBES for this tokenizer.
+
+    Returns (name, the engine object if one was built while checking, else None). The verdict is cached
+    per (tokenizer.json sha256, engine, engine version, probe set), so later runs start at once.
+    """
     if engine not in ("auto",) + ENGINES:
         raise DataError(f"--engine {engine!r}: allowed: auto, {', '.join(ENGINES)}")
     candidates = _engine_candidates(spec, engine)
-    if candidates == ["hf"]:
-        return "hf"
-    from tokenizers import Tokenizer
-
-    ref_tok = Tokenizer.from_file(spec.tokenizer_json)
-    ref = [e.ids for e in ref_tok.encode_batch(PROBES)]
+    probe_hash = hashlib.sha256(json.dumps(PROBES).encode()).hexdigest()[:12]
+    ref: list[list[int]] | None = None
     for name in candidates:
         if name == "hf":
-            return name
+            return name, None
+        version = _engine_version(name)
+        if version is None:
+            if engine != "auto":
+                raise DataError(f"--engine {name}: the Python package is not installed (pip install {name})")
+            continue
+        key = f"probe:{name}:{version}:{probe_hash}"
+        verdict = _cache_get(spec.sha256, key)
+        if verdict is True:
+            return name, None
+        if verdict is False and engine == "auto":
+            continue
         try:
             eng = _make_engine(name, spec)
-            flat, lengths = eng.encode(list(PROBES))
-        except ImportError:
-            if engine != "auto":
-                raise DataError(f"--engine {name}: the Python package is not installed (pip install {name})") from None
-            continue
+            flat, lengths = eng.encode([p.encode("utf-8") for p in PROBES])
         except Exception as e:  # an engine that cannot load this tokenizer is simply not used
             if log:
                 print(f"tokenize: engine {name} unusable for this tokenizer ({e}); trying the next", file=log)
+            _cache_put(spec.sha256, key, False)
             continue
+        if ref is None:
+            from tokenizers import Tokenizer
+
+            ref = [e.ids for e in Tokenizer.from_file(spec.tokenizer_json).encode_batch(PROBES)]
         got = np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
         pre, suf = list(spec.prefix_ids), list(spec.suffix_ids)
-        if all(pre + g.tolist() + suf == r for g, r in zip(got, ref)):
-            return name
+        ok = all(pre + g.tolist() + suf == r for g, r in zip(got, ref))
+        _cache_put(spec.sha256, key, ok)
+        if ok:
+            return name, eng
         if log:
             print(f"tokenize: engine {name} differs from HF tokenizers on the probe set; not used", file=log)
         if engine != "auto":
             raise DataError(f"--engine {name}: its ids differ from HF tokenizers for {spec.tokenizer_json}")
-    return "hf"
+    return "hf", None
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -349,13 +430,23 @@ class _BlockResult:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(spec: TokenizerSpec, engine: str, opts: _Options) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def _pool_initializer(spec: TokenizerSpec, engine: str, opts: _Options, forked: bool) -> None:
+    """A worker process: one tokenizer thread (the processes are the parallelism), Ctrl-C to the parent.
+
+    Forked workers inherit the engine the parent loaded (no second 0.5 s load of a 9 MB tokenizer.json);
+    spawned ones (platforms without fork) load their own.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if not forked or "engine" not in _STATE:
+        _init_worker(spec, engine, opts)
+
+
+def _init_worker(spec: TokenizerSpec, engine: str, opts: _Options, prebuilt: Any = None) -> None:
     _STATE["spec"] = spec
     _STATE["opts"] = opts
-    _STATE["engine"] = _make_engine(engine, spec)
+    _STATE["engine"] = prebuilt if prebuilt is not None else _make_engine(engine, spec)
     try:
         import orjson
 
@@ -374,8 +465,8 @@ def _describe_json_error(line: bytes) -> str:
     return "not valid JSON"
 
 
-def _parse_line(line: bytes, keys: tuple[str, ...], keep_empty: bool) -> tuple[list[str] | None, str, str]:
-    """Texts for each key, or (None, reason, detail). Same values as Megatron's json.loads(line)[key]."""
+def _parse_line(line: bytes, keys: tuple[str, ...], keep_empty: bool) -> tuple[list[bytes] | None, str, str]:
+    """UTF-8 texts for each key, or (None, reason, detail). The values of Megatron's json.loads(line)[key]."""
     try:
         line.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -403,13 +494,13 @@ def _parse_line(line: bytes, keys: tuple[str, ...], keep_empty: bool) -> tuple[l
         if value == "" and not keep_empty:
             return None, "empty", f"field {key!r} is an empty string (Megatron would write [BOS, EOD]; --keep-empty does)"
         try:
-            value.encode("utf-8")
+            encoded = value.encode("utf-8")
         except UnicodeEncodeError as e:
             return None, "lone-surrogate", (
                 f"field {key!r} has a lone surrogate U+{ord(value[e.start]):04X} at character {e.start} "
                 f"(transformers refuses it: TypeError); allowed: valid Unicode"
             )
-        texts.append(value)
+        texts.append(encoded)
     return texts, "", ""
 
 
@@ -442,7 +533,7 @@ def _process_block(block: bytes, first_line: int) -> _BlockResult:
     lines = block.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
-    per_key: list[list[str]] = [[] for _ in opts.json_keys]
+    per_key: list[list[bytes]] = [[] for _ in opts.json_keys]
     issues: list[tuple[int, str, str]] = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -465,7 +556,7 @@ def _process_block(block: bytes, first_line: int) -> _BlockResult:
         tokens, doc_lengths = _assemble(flat, lengths, pre, suf, dtype)
         result.tokens[key] = tokens
         result.lengths[key] = doc_lengths
-        result.text_bytes[key] = sum(len(t.encode("utf-8")) for t in texts)
+        result.text_bytes[key] = sum(map(len, texts))
     return result
 
 
@@ -770,7 +861,7 @@ def tokenize_jsonl(
         except (ValueError, IndexFormatError, OSError):
             pass
 
-    engine_name = choose_engine(spec, engine, log=progress)
+    engine_name, engine_obj = choose_engine(spec, engine, log=progress)
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob("*.tmp"):
         stale.unlink()
@@ -802,12 +893,15 @@ def tokenize_jsonl(
     pool = None
     try:
         if pending:
+            # The engine is loaded here once; workers are forked after it (copy-on-write, no reload).
+            # Safe: nothing has started threads in this process's engine (parallel=False everywhere).
+            _init_worker_inline(spec, engine_name, opts, engine_obj)
             if workers > 1:
                 import multiprocessing as mp
 
-                pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(spec, engine_name, opts))
-            else:
-                _init_worker_inline(spec, engine_name, opts)
+                forked = "fork" in mp.get_all_start_methods()
+                ctx = mp.get_context("fork" if forked else "spawn")
+                pool = ctx.Pool(workers, initializer=_pool_initializer, initargs=(spec, engine_name, opts, forked))
             _run_shards(files, pending, shard_prefix, fingerprints, spec, opts, strict, pool, workers, prog, block_bytes)
     finally:
         if pool is not None:
@@ -900,11 +994,9 @@ def _result_from_stats(outputs: dict[str, str], stats: list[dict[str, Any]], t_s
     )
 
 
-def _init_worker_inline(spec: TokenizerSpec, engine: str, opts: _Options) -> None:
+def _init_worker_inline(spec: TokenizerSpec, engine: str, opts: _Options, prebuilt: Any = None) -> None:
     """workers=1: tokenize in this process (no pool, no pickling)."""
-    handler = signal.getsignal(signal.SIGINT)
-    _init_worker(spec, engine, opts)
-    signal.signal(signal.SIGINT, handler)
+    _init_worker(spec, engine, opts, prebuilt)
 
 
 def _run_shards(files: list[Path], pending: list[int], shard_prefix: list[Path], fingerprints: list[dict[str, Any]],
