@@ -100,14 +100,16 @@ def sbatch_directives(plan: LaunchPlan, stage: Stage) -> list[str]:
         opts.append(("no-requeue", None))
     for k, v in sorted(sl.additional_parameters.items()):
         opts.append((k, v))
-    out = []
-    for k, v in opts:
-        out.append(f"--{k}" if v is None else f"--{k}={_check_directive(stage, k, str(v))}")
-    return out
+    return [f"--{k}" if v is None else f"--{k}={_check_directive(stage, k, str(v))}" for k, v in opts]
 
 
 def srun_args(plan: LaunchPlan, stage: Stage) -> list[str]:
-    """srun options, shell-quoted: the profile's srun_args and, with a container, the Pyxis flags.
+    """``raw_srun_args``, shell-quoted for the templates."""
+    return [shlex.quote(a) for a in raw_srun_args(plan, stage)]
+
+
+def raw_srun_args(plan: LaunchPlan, stage: Stage) -> list[str]:
+    """srun options: the profile's srun_args and, with a container, the Pyxis flags.
 
     Pyxis flags belong on srun, not #SBATCH: the batch script itself runs on the host, each task in the image.
     """
@@ -126,7 +128,7 @@ def srun_args(plan: LaunchPlan, stage: Stage) -> list[str]:
         if plan.secrets:
             # names only: Pyxis copies their values from the job's environment (inherited from the submitter)
             args.append("--container-env=" + ",".join(plan.secrets))
-    return [shlex.quote(a) for a in args]
+    return args
 
 
 def rendezvous_lines() -> list[str]:

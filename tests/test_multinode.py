@@ -116,6 +116,22 @@ def wait_for(pred, timeout: float, what: str, poll: float = 0.3):  # type: ignor
 # ---- one process group across nodes ---------------------------------------------------------------------------
 
 
+def check_process_group(cluster: SlurmCluster, jid: str, name: str, out: Path, nodes: int,
+                        tasks_per_node: int) -> None:
+    r = json.loads(out.read_text())
+    world = nodes * tasks_per_node
+    assert r["problems"] == []
+    assert r["world_size"] == world and r["nnodes"] == nodes
+    assert r["allreduce_sum"] == world * (world + 1) / 2
+    assert sorted(t["rank"] for t in r["tasks"]) == list(range(world))
+    alloc = expand_nodes(cluster, job_rows(cluster, jid, name)[-1]["NodeList"])
+    assert sorted({t["node"] for t in r["tasks"]}) == sorted(alloc) and len(alloc) == nodes
+    # NODE_RANK/LOCAL_RANK come from each task's own Slurm environment; rank = node_rank * tpn + local_rank
+    assert all(t["rank"] == t["node_rank"] * tasks_per_node + t["local_rank"] for t in r["tasks"])
+    # MASTER_ADDR is the first node of the allocation (NodeAddr 127.0.0.1 here: node names are not in DNS)
+    assert r["master"].startswith("127.0.0.1:")
+
+
 @pytest.mark.parametrize("nodes,tasks_per_node", [(2, 2), (4, 1)])
 def test_emitted_train_sbatch_forms_one_process_group(slurm_cluster: SlurmCluster, tmp_path: Path, nodes: int,
                                                       tasks_per_node: int) -> None:
@@ -129,19 +145,29 @@ def test_emitted_train_sbatch_forms_one_process_group(slurm_cluster: SlurmCluste
     name = f"{plan.run}.train"
     state = wait_job(slurm_cluster, jid, name)
     assert state == "COMPLETED", train_log(plan)
-    r = json.loads(out.read_text())
-    world = nodes * tasks_per_node
-    assert r["problems"] == []
-    assert r["world_size"] == world and r["nnodes"] == nodes
-    assert r["allreduce_sum"] == world * (world + 1) / 2
-    assert sorted(t["rank"] for t in r["tasks"]) == list(range(world))
-    alloc = expand_nodes(slurm_cluster, job_rows(slurm_cluster, jid, name)[-1]["NodeList"])
-    assert sorted({t["node"] for t in r["tasks"]}) == sorted(alloc) and len(alloc) == nodes
-    # NODE_RANK/LOCAL_RANK come from each task's own Slurm environment; rank = node_rank * tpn + local_rank
-    assert all(t["rank"] == t["node_rank"] * tasks_per_node + t["local_rank"] for t in r["tasks"])
-    # MASTER_ADDR is the first node of the allocation (NodeAddr 127.0.0.1 here: node names are not in DNS)
-    assert r["master"].startswith("127.0.0.1:")
+    check_process_group(slurm_cluster, jid, name, out, nodes, tasks_per_node)
     assert "rendezvous 127.0.0.1:" in train_log(plan)
+
+
+@pytest.mark.parametrize("nodes,tasks_per_node", [(2, 2), (4, 1)])
+def test_submitit_backend_forms_one_process_group(slurm_cluster: SlurmCluster, tmp_path: Path, nodes: int,
+                                                  tasks_per_node: int) -> None:
+    from launcher.executors.submitit_backend import SubmititBackend
+    from launcher.manifest import write_run_dir
+
+    plan = make_plan(make_profile(tmp_path, gpus_per_node=tasks_per_node), nodes, unique(f"sub{nodes}"))
+    out = tmp_path / "allreduce.json"
+    plan = with_train_command(plan, ["allreduce", "--out", str(out)])
+    backend = SubmititBackend()
+    manifest = backend.submit(plan, write_run_dir(plan, backend.name))
+    jid = manifest.stages["train"].job_id
+    assert jid
+    name = f"{plan.run}.train"
+    state = wait_job(slurm_cluster, jid, name)
+    log = Path(manifest.stages["train"].log)
+    assert state == "COMPLETED", log.read_text() if log.exists() else "(no log)"
+    check_process_group(slurm_cluster, jid, name, out, nodes, tasks_per_node)
+    assert backend.refresh(manifest).stages["train"].state == "COMPLETED"
 
 
 # ---- time limit / preemption, node failure, config error, retry limit ------------------------------------------
@@ -262,3 +288,70 @@ def test_retry_limit_holds_for_slurm_requeues(slurm_cluster: SlurmCluster, tmp_p
     assert state == "FAILED", loop.log()
     assert "retry limit reached (1 restarts > 0)" in train_log(loop.plan)
     assert [r[0] for r in loop.resumes()] == [0]  # the second attempt never started the trainer
+
+
+def _job_nodes(cluster: SlurmCluster, jid: str) -> list[str]:
+    q = cluster.run("squeue", "-h", "-j", jid, "-o", "%N", check=False).stdout.strip()
+    return expand_nodes(cluster, q) if q else []
+
+
+def _pids_of_job_on(jid: str, node: str) -> list[int]:
+    """Task processes of job ``jid``'s first attempt on ``node`` (their environment says so)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = dict(x.split("=", 1) for x in (d / "environ").read_text().split("\0") if "=" in x)
+        except OSError:
+            continue
+        if env.get("SLURM_JOB_ID") == jid and env.get("SLURMD_NODENAME") == node and \
+                env.get("SLURM_RESTART_COUNT", "0") == "0":
+            pids.append(int(d.name))
+    return pids
+
+
+def _node_state(cluster: SlurmCluster, node: str) -> str:
+    return cluster.run("sinfo", "-h", "-N", "-n", node, "-o", "%t", check=False).stdout.split("\n")[0].strip()
+
+
+def test_node_failure_requeues_and_resumes_from_last_checkpoint(slurm_cluster: SlurmCluster,
+                                                                 tmp_path: Path) -> None:
+    loop = Loop(tmp_path, "nodefail", nodes=2, tasks_per_node=1, steps=120, ckpt_every=3, step_seconds=0.4)
+    jid = loop.submit(slurm_cluster)
+    wait_for(lambda: len(loop.steps_of(0)) >= 7, 60, "attempt 0 to pass step 7")
+    nodes = _job_nodes(slurm_cluster, jid)
+    assert len(nodes) == 2, nodes
+    victim = nodes[-1]  # not the batch host: rank 0 (which writes the checkpoints) runs on the first node
+    pidfile = slurm_cluster.root / "run" / f"slurmd-{victim}.pid"
+    slurmd_pid = int(pidfile.read_text().strip())
+    t0 = time.monotonic()
+    try:
+        os.kill(slurmd_pid, signal.SIGKILL)  # the node's daemon dies; Slurm notices after SlurmdTimeout
+        wait_for(lambda: _node_state(slurm_cluster, victim).startswith("down"), 60, f"{victim} to be DOWN")
+        t_down = time.monotonic() - t0
+        state = wait_job(slurm_cluster, jid, loop.name, timeout=90)
+    finally:
+        # the first attempt's task on the dead node has lost its peers; make sure it is gone, then bring the
+        # node back (ReturnToService=2: it rejoins when its slurmd registers)
+        for pid in _pids_of_job_on(jid, victim):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["slurmd", "-f", str(slurm_cluster.slurm_conf), "-N", victim], check=True,
+                       env=slurm_cluster.env)
+        wait_for(lambda: _node_state(slurm_cluster, victim) in ("idle", "mix", "alloc"), 60,
+                 f"{victim} to return to service")
+    assert state == "COMPLETED", loop.log()
+    rows = job_rows(slurm_cluster, jid, loop.name)
+    assert rows[0]["State"].split()[0] in ("NODE_FAIL", "REQUEUED"), rows
+    assert victim not in expand_nodes(slurm_cluster, rows[-1]["NodeList"])
+    last_ckpt = loop.saved(0)[-1]
+    assert loop.resumes() == [(0, "base_checkpoint", 0), (1, "own_checkpoint", last_ckpt)], loop.log()
+    # steps after the last checkpoint are redone (their result was never saved): resumed exactly after it
+    assert loop.steps_of(0)[:last_ckpt] == list(range(1, last_ckpt + 1))
+    assert loop.steps_of(1) == list(range(last_ckpt + 1, loop.steps + 1)), loop.log()
+    assert loop.final_value() == loop.expected_value(loop.steps)  # no step applied twice or lost
+    assert "attempt 2 of at most 3" in train_log(loop.plan)
+    print(f"node {victim} DOWN after {t_down:.0f} s; job finished {time.monotonic() - t0:.0f} s after the kill")
