@@ -72,8 +72,17 @@ def build_parser(tokenize_args: bool = False) -> argparse.ArgumentParser:
     _plan_args(sp)
     sp.add_argument("--dry-run", action="store_true", help="print the plan and every script; touch nothing")
     sp.add_argument("--wait", action="store_true", help="wait for the run to finish; exit 4 if a stage failed")
-    sp.add_argument("--resume", action="store_true", help="continue an existing run of this name")
-    sp.add_argument("--fresh", action="store_true", help="start over: move the run's checkpoints aside first")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue an existing run of this name from its latest checkpoint")
+    sp.add_argument("--fresh", action="store_true",
+                    help="start over: move the existing run directory (checkpoints included) aside to "
+                         "<dir>.<timestamp> first; nothing is deleted")
+    sp.add_argument("--backend", choices=("auto", "nemo-run", "sbatch", "submitit"), default="auto",
+                    help="how to submit on Slurm: nemo-run (SlurmExecutor, the default), sbatch (the scripts "
+                         "--emit-sbatch writes) or submitit (AutoExecutor)")
+    sp.add_argument("--emit-sbatch", metavar="DIR",
+                    help="write <stage>.sbatch and submit_all.sh into DIR (and the stage scripts into the run "
+                         "directory) and submit nothing; then `bash DIR/submit_all.sh` or `sbatch DIR/<stage>.sbatch`")
     pp = sub.add_parser("plan", help="print the plan and every stage's script (a dry run)")
     _plan_args(pp)
     cp = sub.add_parser("check", help="run the pre-flight checks only")
@@ -155,6 +164,8 @@ def _plan_cmd(args: argparse.Namespace, argv: list[str]) -> int:
     plan = make_plan(args, argv)
     problems = list(plan.problems) + _preflight(plan, args)
     dry = args.cmd in ("plan", "check") or getattr(args, "dry_run", False)
+    if args.cmd == "submit":
+        problems = _resume_decision(plan, problems, dry)
     errors = [p for p in problems if p.severity == "error"]
     if args.json and dry:
         d = plan.to_json()
@@ -175,9 +186,68 @@ def _plan_cmd(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s)")
     if errors:
         return EXIT_USAGE
+    emit = getattr(args, "emit_sbatch", None)
+    if emit and dry:  # a dry run touches nothing: show what --emit-sbatch would write
+        from launcher.sbatch import render_all
+
+        for name, text in render_all(plan).items():
+            sys.stdout.write(f"\n# ===== {os.path.join(emit, name)} =====\n{text}")
+        return EXIT_OK
     if dry:
         return EXIT_OK
+    if emit:
+        return _emit(plan, emit)
     return _submit(plan, args)
+
+
+def _resume_decision(plan: Any, problems: list[Problem], dry: bool) -> list[Problem]:
+    """Existing checkpoints need an explicit --resume or --fresh (a rerun must never silently continue or
+    restart). --fresh moves the directory aside before anything is written, so the pre-flight's "--fresh, but
+    checkpoints exist" no longer applies."""
+    from launcher.manifest import checkpoint_entries
+
+    if plan.resume == "fresh":
+        problems = [p for p in problems if not (p.where.startswith("checkpoint_dir") and "--fresh" in p.message)]
+    if not dry and plan.resume == "auto" and checkpoint_entries(plan):
+        problems.append(Problem("error", "--resume/--fresh",
+                                f"{plan.run_dir}/checkpoints holds checkpoints of run {plan.run}: decide: --resume "
+                                "(continue from its latest checkpoint) or --fresh (move the run directory aside to "
+                                "<dir>.<timestamp> and start from the base weights)"))
+    return problems
+
+
+def _prepare_run_dir(plan: Any) -> None:
+    """--resume/--fresh on an existing run: never while its jobs still run (two jobs, one checkpoint directory);
+    --fresh then moves the whole run directory aside."""
+    from launcher.executors import get_backend
+    from launcher.executors.base import TERMINAL
+    from launcher.manifest import find_run, move_aside
+
+    run_dir = Path(plan.run_dir)
+    if (run_dir / "manifest.json").is_file():
+        old = find_run(str(run_dir), [])
+        old = get_backend(old.backend).refresh(old)
+        live = [f"{n} ({r.job_id}, {r.state})" for n, r in old.stages.items() if r.job_id and r.state not in TERMINAL]
+        if live:
+            raise ConfigError([Problem("error", f"--{plan.resume}",
+                                       f"run {plan.run} still has live jobs: {', '.join(live)}; wait for them or "
+                                       f"`cpt-launch cancel {run_dir}` first")])
+    if plan.resume == "fresh":
+        moved = move_aside(run_dir)
+        if moved is not None:
+            print(f"[cpt-launch] --fresh: moved {run_dir} aside to {moved} (nothing deleted)", file=sys.stderr)
+
+
+def _emit(plan: Any, out_dir: str) -> int:
+    """--emit-sbatch: write the scripts, submit nothing; stdout lists the files written."""
+    from launcher.executors.sbatch_backend import emit_sbatch
+
+    if plan.resume in ("resume", "fresh"):
+        _prepare_run_dir(plan)
+    for path in emit_sbatch(plan, out_dir):
+        print(path)
+    print(f"[cpt-launch] submit with: bash {os.path.join(out_dir, 'submit_all.sh')}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _preflight(plan: Any, args: argparse.Namespace) -> list[Problem]:
@@ -189,8 +259,15 @@ def _preflight(plan: Any, args: argparse.Namespace) -> list[Problem]:
     return list(preflight.check_plan(plan, env=dict(os.environ), filesystem=not dry))
 
 
-def backend_for(plan: Any) -> str:
+def backend_for(plan: Any, choice: str = "auto") -> str:
+    """The backend name for ``--backend`` (auto/nemo-run: nemo_run's executor for the profile)."""
     ex = plan.profile.executor
+    if choice in ("sbatch", "submitit"):
+        if ex != "slurm":
+            raise ConfigError([Problem("error", "--backend",
+                                       f"backend={choice}: needs a Slurm profile; {plan.cluster} has executor={ex} "
+                                       "(allowed here: auto, nemo-run)")])
+        return choice
     return {"slurm": "nemo-run-slurm", "docker": "nemo-run-docker"}.get(ex, "nemo-run-local")
 
 
@@ -198,8 +275,10 @@ def _submit(plan: Any, args: argparse.Namespace) -> int:
     from launcher.executors import get_backend
     from launcher.manifest import write_run_dir
 
-    backend = get_backend(backend_for(plan))
-    manifest = write_run_dir(plan, backend.name)
+    backend = get_backend(backend_for(plan, getattr(args, "backend", "auto")))
+    if plan.resume in ("resume", "fresh"):
+        _prepare_run_dir(plan)
+    manifest = write_run_dir(plan, backend.name, resume=plan.resume == "resume")
     print(f"[cpt-launch] run {plan.run}: {plan.run_dir} ({backend.name})", file=sys.stderr)
     try:
         manifest = backend.submit(plan, manifest)

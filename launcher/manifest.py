@@ -74,13 +74,24 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-def write_run_dir(plan: LaunchPlan, backend: str) -> Manifest:
-    """Create the run directory with plan, job spec and scripts; refuse to reuse an existing run."""
+def write_run_dir(plan: LaunchPlan, backend: str, *, resume: bool = False) -> Manifest:
+    """Create the run directory with plan, job spec and scripts; refuse to reuse an existing run.
+
+    ``resume=True`` (``--resume``) reuses it: checkpoints and logs stay, plan/jobspec/scripts are rewritten, the
+    previous manifest is kept as ``manifest.attempt<N>.json`` and the new one counts ``attempt = N + 1``.
+    """
     run_dir = Path(plan.run_dir)
-    if (run_dir / "manifest.json").exists():
+    attempt = 1
+    old_manifest = run_dir / "manifest.json"
+    if old_manifest.exists() and not resume:
         raise ConfigError([Problem("error", "--run-name",
                                    f"run-name={plan.run}: {run_dir} already holds a submitted run; "
-                                   "use `cpt-launch status` to see it, --resume to continue it, or another --run-name")])
+                                   "use `cpt-launch status` to see it, --resume to continue it, --fresh to move it "
+                                   "aside and start over, or another --run-name")])
+    if old_manifest.exists():
+        old = Manifest.from_json(json.loads(old_manifest.read_text()))
+        attempt = old.attempt + 1
+        os.replace(old_manifest, run_dir / f"manifest.attempt{old.attempt}.json")
     for sub in ("scripts", "logs", "checkpoints"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "plan.json", plan_json_text(plan) + "\n")
@@ -88,11 +99,42 @@ def write_run_dir(plan: LaunchPlan, backend: str) -> Manifest:
     for s in plan.active_stages:
         atomic_write(Path(s.script_path), s.script, mode=0o755)
     m = Manifest(run=plan.run, cluster=plan.cluster, backend=backend, run_dir=plan.run_dir, created=time.time(),
-                 stages={s.name: StageRecord(name=s.name, log=s.log_path, script=s.script_path, outputs=s.outputs,
+                 attempt=attempt, stages={s.name: StageRecord(name=s.name, log=s.log_path, script=s.script_path, outputs=s.outputs,
                                              depends_on=list(s.depends_on))
                          for s in plan.active_stages})
     m.save()
     return m
+
+
+def checkpoint_entries(plan: LaunchPlan) -> list[str]:
+    """What the run's own checkpoint directory (host path) holds; [] when it does not exist."""
+    ckpt = Path(plan.run_dir) / "checkpoints"
+    for s in plan.stages:
+        if "checkpoints" in s.outputs:
+            ckpt = Path(s.outputs["checkpoints"])
+    try:
+        return sorted(os.listdir(ckpt))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def move_aside(path: str | Path, now: float | None = None) -> Path | None:
+    """``--fresh``: rename an existing directory to ``<path>.<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... if taken).
+
+    Never deletes anything: the old checkpoints stay readable beside the new run. Returns the new path, or None
+    when there was nothing to move.
+    """
+    src = Path(path)
+    if not src.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if now is None else now))
+    dst = src.with_name(f"{src.name}.{stamp}")
+    n = 1
+    while dst.exists():
+        n += 1
+        dst = src.with_name(f"{src.name}.{stamp}-{n}")
+    os.rename(src, dst)  # same parent: atomic, and it fails rather than overwrite
+    return dst
 
 
 def find_run(run: str, runs_roots: list[str]) -> Manifest:

@@ -6,7 +6,8 @@ from launcher.executors.base import Backend
 
 
 def get_backend(name: str) -> Backend:
-    """nemo-run (Slurm via SlurmExecutor, local via LocalExecutor, Docker via DockerExecutor)."""
+    """nemo-run (Slurm via SlurmExecutor, local via LocalExecutor, Docker via DockerExecutor); on Slurm also
+    sbatch (the scripts --emit-sbatch writes, submitted) and submitit (submitit.AutoExecutor)."""
     if name == "nemo-run-slurm":
         from launcher.executors.slurm import NemoRunSlurm
 
@@ -15,4 +16,12 @@ def get_backend(name: str) -> Backend:
         from launcher.executors.local import NemoRunLocal
 
         return NemoRunLocal(docker=name == "nemo-run-docker")
+    if name == "sbatch":
+        from launcher.executors.sbatch_backend import SbatchBackend
+
+        return SbatchBackend()
+    if name == "submitit":
+        from launcher.executors.submitit_backend import SubmititBackend
+
+        return SubmititBackend()
     raise ValueError(f"unknown backend {name!r}")
