@@ -11,6 +11,7 @@ Run: ``python -m pytest -m slurm tests/test_multinode.py`` (the cluster is broug
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -312,7 +313,10 @@ def _pids_of_job_on(jid: str, node: str) -> list[int]:
 
 
 def _node_state(cluster: SlurmCluster, node: str) -> str:
-    return cluster.run("sinfo", "-h", "-N", "-n", node, "-o", "%t", check=False).stdout.split("\n")[0].strip()
+    """``scontrol show node``'s State, e.g. IDLE, MIXED, DOWN+NOT_RESPONDING."""
+    out = cluster.run("scontrol", "show", "node", node, check=False).stdout
+    m = re.search(r"\bState=(\S+)", out)
+    return m.group(1) if m else ""
 
 
 def test_node_failure_requeues_and_resumes_from_last_checkpoint(slurm_cluster: SlurmCluster,
@@ -324,11 +328,25 @@ def test_node_failure_requeues_and_resumes_from_last_checkpoint(slurm_cluster: S
     assert len(nodes) == 2, nodes
     victim = nodes[-1]  # not the batch host: rank 0 (which writes the checkpoints) runs on the first node
     pidfile = slurm_cluster.root / "run" / f"slurmd-{victim}.pid"
+    # While a node is down on purpose, hold the lock `.ci/slurm/cluster.sh up` takes: a concurrent test session
+    # would otherwise find the cluster unhealthy and restart it under this test (and its own).
+    lock = open(f"{slurm_cluster.root}.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     slurmd_pid = int(pidfile.read_text().strip())
     t0 = time.monotonic()
     try:
+        _kill_node_and_recover(slurm_cluster, loop, jid, victim, slurmd_pid)
+    finally:
+        lock.close()  # releases the flock
+    _check_node_failure(slurm_cluster, loop, jid, victim)
+    print(f"node {victim}: job finished {time.monotonic() - t0:.0f} s after its slurmd was killed")
+
+
+def _kill_node_and_recover(slurm_cluster: SlurmCluster, loop: "Loop", jid: str, victim: str, slurmd_pid: int) -> None:
+    t0 = time.monotonic()
+    try:
         os.kill(slurmd_pid, signal.SIGKILL)  # the node's daemon dies; Slurm notices after SlurmdTimeout
-        wait_for(lambda: _node_state(slurm_cluster, victim).startswith("down"), 60, f"{victim} to be DOWN")
+        wait_for(lambda: "DOWN" in _node_state(slurm_cluster, victim), 60, f"{victim} to be DOWN")
         t_down = time.monotonic() - t0
         state = wait_job(slurm_cluster, jid, loop.name, timeout=90)
     finally:
@@ -341,9 +359,13 @@ def test_node_failure_requeues_and_resumes_from_last_checkpoint(slurm_cluster: S
                 pass
         subprocess.run(["slurmd", "-f", str(slurm_cluster.slurm_conf), "-N", victim], check=True,
                        env=slurm_cluster.env)
-        wait_for(lambda: _node_state(slurm_cluster, victim) in ("idle", "mix", "alloc"), 60,
+        wait_for(lambda: re.fullmatch(r"(IDLE|MIXED|ALLOCATED)", _node_state(slurm_cluster, victim)), 60,
                  f"{victim} to return to service")
+    print(f"node {victim} DOWN {t_down:.0f} s after its slurmd was killed")
     assert state == "COMPLETED", loop.log()
+
+
+def _check_node_failure(slurm_cluster: SlurmCluster, loop: "Loop", jid: str, victim: str) -> None:
     rows = job_rows(slurm_cluster, jid, loop.name)
     assert rows[0]["State"].split()[0] in ("NODE_FAIL", "REQUEUED"), rows
     assert victim not in expand_nodes(slurm_cluster, rows[-1]["NodeList"])
@@ -354,4 +376,26 @@ def test_node_failure_requeues_and_resumes_from_last_checkpoint(slurm_cluster: S
     assert loop.steps_of(1) == list(range(last_ckpt + 1, loop.steps + 1)), loop.log()
     assert loop.final_value() == loop.expected_value(loop.steps)  # no step applied twice or lost
     assert "attempt 2 of at most 3" in train_log(loop.plan)
-    print(f"node {victim} DOWN after {t_down:.0f} s; job finished {time.monotonic() - t0:.0f} s after the kill")
+
+
+def test_submitit_backend_requeues_on_the_warning_signal_and_resumes(slurm_cluster: SlurmCluster,
+                                                                     tmp_path: Path) -> None:
+    from launcher.executors.submitit_backend import SubmititBackend
+    from launcher.manifest import write_run_dir
+
+    loop = Loop(tmp_path, "subusr1", nodes=2, tasks_per_node=1, steps=30, ckpt_every=5, step_seconds=0.3)
+    backend = SubmititBackend()
+    manifest = backend.submit(loop.plan, write_run_dir(loop.plan, backend.name))
+    jid = manifest.stages["train"].job_id
+    assert jid
+    wait_for(lambda: len(loop.steps_of(0)) >= 7, 60, "attempt 0 to pass step 7")
+    # submitit's batch script has no trap: --signal=USR1@N (no B:) signals every process of the job's steps
+    slurm_cluster.run("scancel", "--signal=USR1", jid)
+    state = wait_job(slurm_cluster, jid, loop.name, timeout=100)
+    log = Path(manifest.stages["train"].log)
+    assert state == "COMPLETED", loop.log() + (log.read_text() if log.exists() else "")
+    first, second = loop.steps_of(0), loop.steps_of(1)
+    assert loop.resumes() == [(0, "base_checkpoint", 0), (1, "own_checkpoint", first[-1])], loop.log()
+    assert first + second == list(range(1, loop.steps + 1)), loop.log()
+    assert loop.final_value() == loop.expected_value(loop.steps)
+    assert [r["State"].split()[0] for r in job_rows(slurm_cluster, jid, loop.name)] == ["REQUEUED", "COMPLETED"]
