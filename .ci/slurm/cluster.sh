@@ -188,10 +188,17 @@ export SLURM_CONF=$ETC/slurm.conf
 EOF
 }
 
+munge_ok() {
+  [[ -S $MUNGE_SOCKET ]] && munge -n 2>/dev/null | unmunge >/dev/null 2>&1
+}
+
 start_munge() {
   pid_alive "$RUN/munged.pid" && return 0
-  if [[ -S $MUNGE_SOCKET ]] && munge -n >/dev/null 2>&1; then
-    die "another munged (not started by this script) already serves $MUNGE_SOCKET; stop it first"
+  if munge_ok; then
+    # A munged started otherwise (e.g. by the package's init script) works as well: on one host
+    # only the socket matters, not which key it holds. It is not ours to stop in `down`.
+    log "reusing the munged already serving $MUNGE_SOCKET"
+    return 0
   fi
   mkdir -p "$(dirname "$MUNGE_SOCKET")"
   chmod 0755 "$(dirname "$MUNGE_SOCKET")"
@@ -199,7 +206,7 @@ start_munge() {
   chmod 0600 "$DIR/munge/munge.key"
   munged --force --socket="$MUNGE_SOCKET" --key-file="$DIR/munge/munge.key" \
     --pid-file="$RUN/munged.pid" --log-file="$LOG/munged.log" --seed-file="$DIR/munge/munged.seed" 9>&-
-  wait_for 10 munged munge -n || die "munged did not start"
+  wait_for 10 munged munge_ok || die "munged did not start"
 }
 
 start_mariadb() {
@@ -264,7 +271,7 @@ sacct_answers() {
 
 daemons_alive() {
   local n
-  pid_alive "$RUN/munged.pid" && pid_alive "$RUN/mariadbd.pid" && pid_alive "$RUN/slurmdbd.pid" &&
+  munge_ok && pid_alive "$RUN/mariadbd.pid" && pid_alive "$RUN/slurmdbd.pid" &&
     pid_alive "$RUN/slurmctld.pid" || return 1
   for n in "${NODES[@]}"; do pid_alive "$RUN/slurmd-$n.pid" || return 1; done
 }
