@@ -259,9 +259,16 @@ start_slurmds() {
 }
 
 nodes_idle() {
-  # All four nodes known and idle (not down, drained, INVALID, ...).
-  local states
+  # All four nodes known and idle (not down, drained, INVALID, ...). slurmctld keeps node states
+  # across restarts: a node a test drained, or marked down while its slurmd was away, is resumed
+  # here once its slurmd responds (no trailing '*'); ReturnToService=2 does not undrain.
+  local states node state
   states=$(sinfo -h -N -p gpu -o '%N %t' 2>/dev/null | sort -u) || return 1
+  while read -r node state; do
+    case $state in
+    drain | drng | down | fail | failg) scontrol update NodeName="$node" State=RESUME >/dev/null 2>&1 || true ;;
+    esac
+  done <<<"$states"
   [[ $(grep -c ' idle$' <<<"$states") -eq ${#NODES[@]} ]]
 }
 
