@@ -66,7 +66,37 @@ def _patch_megatron_without_te() -> list[str]:
 
     moc.is_te_min_version = no_te  # type: ignore[assignment]
     mopt.is_te_min_version = no_te  # type: ignore[attr-defined]
-    return ["megatron.core.optimizer.is_te_min_version -> False (no Transformer Engine)"]
+    done = ["megatron.core.optimizer.is_te_min_version -> False (no Transformer Engine)"]
+
+    # Without TE/apex megatron-core falls back to torch.optim.AdamW, whose per-parameter state holds a 0-dim 'step'
+    # tensor. The distributed optimizer already saves 'step' in param_groups for that case ("non-Apex/TE support"),
+    # but its dp_reshardable sharded state dict also hands the per-param 'step' to a shape check meant for
+    # [numel] tensors (AssertionError (torch.Size([]), 0, N) at the first checkpoint). Leave 'step' out of the
+    # per-parameter tensors, and on load keep the optimizer's own 'step' where the checkpoint carries none.
+    import torch
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer as DO
+
+    get_orig, set_orig = DO._get_main_param_and_optimizer_states, DO._set_main_param_and_optimizer_states
+
+    def get_wo_step(self: Any, model_param: Any) -> Any:
+        t = get_orig(self, model_param)
+        st = t.get("step")
+        if isinstance(st, torch.Tensor) and st.dim() == 0:
+            t = {k: v for k, v in t.items() if k != "step"}
+        return t
+
+    def set_keep_step(self: Any, model_param: Any, tensors: Any) -> Any:
+        if "step" not in tensors and not self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            gi, go = self.model_param_group_index_map[model_param]
+            st = self.optimizer.state[self.optimizer.param_groups[gi]["params"][go]].get("step")
+            if st is not None:
+                tensors = {**tensors, "step": st}
+        return set_orig(self, model_param, tensors)
+
+    DO._get_main_param_and_optimizer_states = get_wo_step  # type: ignore[method-assign]
+    DO._set_main_param_and_optimizer_states = set_keep_step  # type: ignore[method-assign]
+    done.append("DistributedOptimizer: torch AdamW's per-param 'step' kept out of the sharded optimizer state")
+    return done
 
 
 def _shim_missing_resiliency_ext() -> str | None:
@@ -103,6 +133,11 @@ def _run_train(spec: JobSpec, validate_only: bool) -> int:
     if decision.source == "random_init":
         log("*** NO BASE CHECKPOINT: weights are RANDOMLY INITIALISED (random_init=true; benchmark/test run) ***")
 
+    if not validate_only:
+        # before NeMo is imported: nemo_logger binds the module at import time
+        err = _shim_missing_resiliency_ext()
+        if err:
+            log(f"compat: nvidia_resiliency_ext local checkpoint callback does not import ({err}); using a stand-in")
     from recipes.cpt import resolve_attention, train_recipe, train_recipe_checks
 
     attention = resolve_attention(t)
@@ -125,9 +160,6 @@ def _run_train(spec: JobSpec, validate_only: bool) -> int:
 
     for p in _patch_megatron_without_te():
         log(f"compat: {p}")
-    err = _shim_missing_resiliency_ext()
-    if err:
-        log(f"compat: nvidia_resiliency_ext local checkpoint callback does not import ({err}); using a stand-in")
     _apply_gpu_memory_cap(t.gpu_memory_cap_gib)
     import fiddle as fdl
 

@@ -16,6 +16,8 @@ MJ="python3 benchmarks/train/make_jobspec.py"
 $MJ $ROOT/jobs/main8.json --name main8 --layers 8 --gpus 1 --gbs 8 --steps 40 --ckpt-every 20 --val-every 20
 $MJ $ROOT/jobs/full8.json --name full8 --layers 8 --gpus 1 --gbs 8 --steps 100 --ckpt-every 1000 --val-every 1000 --recompute full
 $MJ $ROOT/jobs/s4k8.json --name s4k8 --layers 8 --gpus 1 --gbs 8 --seq 4096 --steps 100 --ckpt-every 1000 --val-every 1000
+$MJ $ROOT/jobs/tp2l32.json --name tp2l32 --layers 32 --gpus 2 --tp 2 --sp --gbs 8 --steps 100 --ckpt-every 1000 --val-every 1000
+$MJ $ROOT/jobs/dp2l8.json --name dp2l8 --layers 8 --gpus 2 --gbs 16 --steps 100 --ckpt-every 1000 --val-every 1000
 $MJ $ROOT/jobs/ws48.json --name ws48 --layers 32 --gpus 1 --gbs 8 --steps 100 --ckpt-every 1000 --val-every 1000 \
     --recompute full --offload --bf16-grads --cap-gib 47
 ( $NEMO_PY -m recipes.entry train --jobspec $ROOT/jobs/main8.json --validate-only ) > $OUT/validate.txt 2>&1
@@ -41,10 +43,15 @@ G0=$!
 G1=$!
 while kill -0 $G0 2>/dev/null || kill -0 $G1 2>/dev/null; do
   sleep 5
-  if [ $(el) -ge 575 ]; then echo "[$(el)s] deadline: stopping" >> $OUT/env.txt; kill $G0 $G1 2>/dev/null; kill_all_runs; break; fi
+  if [ $(el) -ge 470 ]; then echo "[$(el)s] deadline: stopping" >> $OUT/env.txt; kill $G0 $G1 2>/dev/null; kill_all_runs; break; fi
 done
 kill_all_runs
-for r in main8 full8 s4k8 ws48; do [ -f $ROOT/runs/$r/logs/step_stats.jsonl ] && { echo "== $r"; cat $ROOT/runs/$r/logs/step_stats.jsonl; }; done > $OUT/steps.txt
+# both GPUs: all 32 layers with TP=2 (+SP), then 8 layers with DP=2, while the call has time left
+unset CUDA_VISIBLE_DEVICES
+[ $(el) -lt 470 ] && train tp2l32 2 29515 $OUT/gpu01.log 6 $(( 570 - $(el) ))
+[ $(el) -lt 490 ] && train dp2l8 2 29516 $OUT/gpu01.log 6 $(( 570 - $(el) ))
+kill_all_runs
+for r in main8 full8 s4k8 ws48 tp2l32 dp2l8; do [ -f $ROOT/runs/$r/logs/step_stats.jsonl ] && { echo "== $r"; cat $ROOT/runs/$r/logs/step_stats.jsonl; }; done > $OUT/steps.txt
 grep -h "^RESULT\|^BASE" $OUT/gpu1.log >> $OUT/steps.txt
 echo "[$(el)s] done" >> $OUT/env.txt
 cat $OUT/steps.txt | cut -c1-250

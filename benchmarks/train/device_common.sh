@@ -13,6 +13,8 @@ setup_stack() {
   mkdir -p $ROOT
   if [ ! -f /tmp/site312/.ok ]; then
     xz -T0 -dc .dev/carry/site312.tar.xz | tar x -C /tmp && touch /tmp/site312/.ok
+    # wheels missing from ../shared/device/wheels-*.txt (defusedxml: nvidia_resiliency_ext's health check imports it)
+    for w in .dev/carry/extra/*.whl; do python3 -m zipfile -e "$w" /tmp/site312/; done
   fi
   [ -d $ROOT/data ] || xz -T0 -dc .dev/carry/data.tar.xz | tar x -C $ROOT
   echo "[$(el)s] stack unpacked; $(df -h /tmp | tail -1)"
