@@ -399,3 +399,74 @@ def test_submitit_backend_requeues_on_the_warning_signal_and_resumes(slurm_clust
     assert first + second == list(range(1, loop.steps + 1)), loop.log()
     assert loop.final_value() == loop.expected_value(loop.steps)
     assert [r["State"].split()[0] for r in job_rows(slurm_cluster, jid, loop.name)] == ["REQUEUED", "COMPLETED"]
+
+
+# ---- the CLI against the cluster: submit with --backend, status, logs, cancel -----------------------------------
+
+
+def _cli_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    make_profile(tmp_path, gpus_per_node=2)
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (model / f).write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")  # "complete" for the download stage: it has nothing to do
+    monkeypatch.setenv("HF_TOKEN", "hf_test_not_a_real_token")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "test-mn.yaml", model
+
+
+def _cli_args(profile: Path, model: Path, run: str, backend: str) -> list[str]:
+    return ["--cluster", str(profile), "--run-name", run, "--model", "llama3.2-1b", "--gbs", "8",
+            "--seq-length", "1024", "--model-dir", str(model), "--backend", backend]
+
+
+def _status(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    from launcher.cli import main
+
+    assert main(["status", str(run_dir), "--json"]) == 0
+    return {k: v["state"] for k, v in json.loads(capsys.readouterr().out)["stages"].items()}
+
+
+@pytest.mark.parametrize("backend", ["sbatch", "submitit"])
+def test_cli_pipeline_afterok_status_and_logs(slurm_cluster: SlurmCluster, tmp_path: Path, backend: str,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole pipeline through `cpt-launch --backend ...`: download succeeds (nothing to fetch), tokenize fails
+    (no data here), so train and export never start (afterok); status and logs read the manifest's job ids."""
+    from launcher.cli import main
+
+    profile, model = _cli_setup(tmp_path, monkeypatch)
+    run = unique(f"cli-{backend}")
+    assert main(_cli_args(profile, model, run, backend)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"run {run}"
+    ids = {ln.split()[0]: ln.split()[1] for ln in out[1:]}
+    assert set(ids) == {"download", "convert", "tokenize", "train", "export"} and all(i.isdigit() for i in ids.values())
+    run_dir = tmp_path / "runs" / run
+    states = wait_for(lambda: (lambda s: s if all(v in TERMINAL_STATES for v in s.values()) else None)(
+        _status(run_dir, capsys)), 100, "every stage to end")
+    assert states["download"] == "COMPLETED" and states["tokenize"] == "FAILED"
+    assert states["train"] == "CANCELLED" and states["export"] == "CANCELLED"  # never started: afterok
+    assert states["convert"] in ("COMPLETED", "FAILED")  # fake weights; it ran after download either way
+    assert main(["logs", str(run_dir), "--stage", "download"]) == 0
+    assert "already holds a complete model" in capsys.readouterr().out
+
+
+def test_cli_cancel(slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    from launcher.cli import main
+
+    profile, model = _cli_setup(tmp_path, monkeypatch)
+    run = unique("cli-cancel")
+    assert main(_cli_args(profile, model, run, "sbatch")) == 0
+    capsys.readouterr()
+    run_dir = tmp_path / "runs" / run
+    assert main(["cancel", str(run_dir)]) == 0
+    cancelled = capsys.readouterr().out
+    assert "train" in cancelled and "export" in cancelled
+    states = wait_for(lambda: (lambda s: s if all(v in TERMINAL_STATES for v in s.values()) else None)(
+        _status(run_dir, capsys)), 60, "every stage to end")
+    assert states["train"] == "CANCELLED" and states["export"] == "CANCELLED"
+    # a second launch of the same run name is refused; --resume would continue it
+    assert main(_cli_args(profile, model, run, "sbatch")) == 2

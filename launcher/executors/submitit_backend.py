@@ -81,6 +81,7 @@ def submitit_parameters(plan: LaunchPlan, stage: Stage, dependency: str | None) 
         slurm_setup=rendezvous_lines() if gpu else [],
         slurm_srun_args=raw_srun_args(plan, stage),
         slurm_additional_parameters=add,
+        slurm_stderr_to_stdout=True,  # one log per task: what `cpt-launch logs` prints
     )
     if gpu:
         params["slurm_gres"] = sl.gres or f"gpu:{r.gpus_per_node}"
