@@ -5,7 +5,8 @@
     python -m launcher.data.cli --input ... (the same, standalone)
 
 stdout: one JSON object with the outputs and numbers; stderr: progress, summary, skipped lines.
-Exit codes: 0 ok, 2 bad input or usage, 130 interrupted (finished shards are kept; re-run to resume).
+Exit codes: 0 ok, 2 bad input or usage, 1 a worker process died, 130 interrupted (for 1 and 130 the
+finished shards are kept: re-run the same command to resume).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import sys
 from typing import Sequence
 
 from launcher.data.blend import BlendError, write_blend
-from launcher.data.tokenize import ENGINES, DataError, TokenizeResult, tokenize_jsonl
+from launcher.data.tokenize import ENGINES, DataError, TokenizeResult, WorkerCrash, tokenize_jsonl
 
 EXIT_OK = 0
+EXIT_FAILED = 1  # a worker process died (e.g. out of memory): re-run to resume
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -114,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, BlendError) as e:
         print(f"cpt-launch tokenize: error: {e}", file=err)
         return EXIT_USAGE
+    except WorkerCrash as e:
+        print(f"cpt-launch tokenize: error: {e}", file=err)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ncpt-launch tokenize: interrupted; finished shards are kept, re-run the same command to resume",
               file=err)

@@ -24,6 +24,7 @@ and renames ``.bin`` then ``.idx``. A re-run redoes only shards without a matchi
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -37,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence, TextIO
+
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -52,6 +55,10 @@ ENGINES = ("gigatoken", "tiktoken", "hf")
 
 class DataError(Exception):
     """Bad input or usage (exit 2). The message names file, line, field, value and what is allowed."""
+
+
+class WorkerCrash(RuntimeError):
+    """A worker process died; finished shards are kept for a re-run (exit 1)."""
 
 
 # ----------------------------------------------------------------------------------------- tokenizer
@@ -302,6 +309,10 @@ class _GigatokenEngine:
         self._tok = gigatoken.Tokenizer(spec.directory)
         self.adds_template = False
 
+    def warm_up(self) -> None:
+        """The first encode builds tables lazily (~0.4 s) and starts threads: never before a fork."""
+        self._tok.encode_batch([b"warm up \xe6\x97\xa5\xe6\x9c\xac"], parallel=False)
+
     def encode(self, texts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         if not texts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -344,6 +355,9 @@ def _make_engine(name: str, spec: TokenizerSpec) -> Any:
     return {"gigatoken": _GigatokenEngine, "tiktoken": _TiktokenEngine, "hf": _HFEngine}[name](spec)
 
 
+_PROBED_HERE = False  # an engine (or HF tokenizers) has encoded in this process: do not fork workers
+
+
 def _engine_version(name: str) -> str | None:
     """The installed version of an engine's package, or None when it is not installed."""
     import importlib.metadata
@@ -366,6 +380,7 @@ def choose_engine(spec: TokenizerSpec, engine: str = "auto", log: TextIO | None 
     """
     if engine not in ("auto",) + ENGINES:
         raise DataError(f"--engine {engine!r}: allowed: auto, {', '.join(ENGINES)}")
+    global _PROBED_HERE
     candidates = _engine_candidates(spec, engine)
     probe_hash = hashlib.sha256(json.dumps(PROBES).encode()).hexdigest()[:12]
     ref: list[list[int]] | None = None
@@ -385,6 +400,7 @@ def choose_engine(spec: TokenizerSpec, engine: str = "auto", log: TextIO | None 
             continue
         try:
             eng = _make_engine(name, spec)
+            _PROBED_HERE = True
             flat, lengths = eng.encode([p.encode("utf-8") for p in PROBES])
         except Exception as e:  # an engine that cannot load this tokenizer is simply not used
             if log:
@@ -441,6 +457,9 @@ def _pool_initializer(spec: TokenizerSpec, engine: str, opts: _Options, forked: 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if not forked or "engine" not in _STATE:
         _init_worker(spec, engine, opts)
+    warm = getattr(_STATE["engine"], "warm_up", None)
+    if warm is not None:
+        warm()
 
 
 def _init_worker(spec: TokenizerSpec, engine: str, opts: _Options, prebuilt: Any = None) -> None:
@@ -455,7 +474,7 @@ def _init_worker(spec: TokenizerSpec, engine: str, opts: _Options, prebuilt: Any
         _STATE["loads"] = None
 
 
-def _describe_json_error(line: bytes) -> str:
+def _describe_json_error(line: str) -> str:
     try:
         json.loads(line)
     except json.JSONDecodeError as e:
@@ -468,19 +487,20 @@ def _describe_json_error(line: bytes) -> str:
 def _parse_line(line: bytes, keys: tuple[str, ...], keep_empty: bool) -> tuple[list[bytes] | None, str, str]:
     """UTF-8 texts for each key, or (None, reason, detail). The values of Megatron's json.loads(line)[key]."""
     try:
-        line.decode("utf-8")
+        decoded = line.decode("utf-8")
     except UnicodeDecodeError as e:
         return None, "non-utf8", f"byte 0x{line[e.start]:02x} at byte {e.start} is not UTF-8; allowed: UTF-8 text"
     obj: Any = None
     fast = _STATE.get("loads")
     try:
-        obj = fast(line) if fast is not None else json.loads(line)
+        obj = fast(line) if fast is not None else json.loads(decoded)
     except Exception:
-        # orjson is stricter than json (NaN, huge ints, lone surrogates): json decides, as in Megatron.
+        # orjson is stricter than json (NaN, huge ints, lone surrogates): json.loads on the decoded str
+        # decides, exactly as Megatron's json.loads(line) on a line read in text mode.
         try:
-            obj = json.loads(line)
+            obj = json.loads(decoded)
         except (ValueError, RecursionError):
-            return None, "malformed-json", _describe_json_error(line)
+            return None, "malformed-json", _describe_json_error(decoded)
     if not isinstance(obj, dict):
         return None, "not-an-object", f"a JSON {type(obj).__name__} ; allowed: an object like {{\"text\": \"...\"}}"
     texts = []
@@ -526,9 +546,15 @@ def _assemble(flat: np.ndarray, lengths: np.ndarray, pre: list[int], suf: list[i
     return out, out_len.astype(np.int32)
 
 
+ENGINE_RENEW_BLOCKS = 512  # gigatoken's pre-token cache only grows: start a fresh one every ~512 MB
+
+
 def _process_block(block: bytes, first_line: int) -> _BlockResult:
     spec: TokenizerSpec = _STATE["spec"]
     opts: _Options = _STATE["opts"]
+    _STATE["blocks"] = _STATE.get("blocks", 0) + 1
+    if _STATE["blocks"] % ENGINE_RENEW_BLOCKS == 0 and _STATE["engine"].name == "gigatoken":
+        _STATE["engine"] = _make_engine("gigatoken", spec)  # bounded memory whatever the input size
     engine = _STATE["engine"]
     lines = block.split(b"\n")
     if lines and lines[-1] == b"":
@@ -843,9 +869,38 @@ def tokenize_jsonl(
     out = Path(output_prefix)
     if out.name == "" or str(output_prefix).endswith(os.sep):
         raise DataError(f"--output {output_prefix}: give a file prefix such as ds/train, not a directory")
+    if out.is_dir():
+        raise DataError(f"--output {output_prefix}: is a directory; give a file prefix such as {out / 'train'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     outputs = {k: _dataset_prefix(str(out), k) for k in keys}
     work = Path(f"{out}.tokenize-work")
+    with _exclusive(Path(f"{out}.tokenize.lock"), output_prefix):
+        return _tokenize_locked(files, spec, keys, opts, out, outputs, work, workers=workers, strict=strict,
+                                engine=engine, global_batch_size=global_batch_size, seq_length=seq_length,
+                                progress=progress, block_bytes=block_bytes, command=command, t_start=t_start)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, output_prefix: str) -> Iterator[None]:
+    """One tokenize run per output prefix at a time (two would interleave shards and merges)."""
+    import fcntl
+
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"--output {output_prefix}: another tokenize run is writing it ({lock_path} is locked)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock_path.unlink(missing_ok=True)
+
+
+def _tokenize_locked(files: list[Path], spec: TokenizerSpec, keys: tuple[str, ...], opts: _Options, out: Path,
+                     outputs: dict[str, str], work: Path, *, workers: int, strict: bool, engine: str,
+                     global_batch_size: int, seq_length: int, progress: TextIO | None, block_bytes: int,
+                     command: str | None, t_start: float) -> TokenizeResult:
     fingerprints = [_fingerprint(p, spec, opts) for p in files]
 
     # Already complete? (same inputs, tokenizer and options as the stats.json of every output)
@@ -893,20 +948,36 @@ def tokenize_jsonl(
     pool = None
     try:
         if pending:
-            # The engine is loaded here once; workers are forked after it (copy-on-write, no reload).
-            # Safe: nothing has started threads in this process's engine (parallel=False everywhere).
-            _init_worker_inline(spec, engine_name, opts, engine_obj)
+            # The engine is loaded here once and the workers are forked after it (copy-on-write: no
+            # second 0.5 s load per worker). Forking is safe only while no engine has encoded in this
+            # process (the first encode starts native threads, and a fork copies none of them, nor the
+            # locks they hold); after a probe in this process, workers are spawned and load their own.
+            if workers > 1 and (engine_obj is not None or _PROBED_HERE):
+                forked = False
+            else:
+                forked = True
+                _init_worker_inline(spec, engine_name, opts, engine_obj)
             if workers > 1:
                 import multiprocessing as mp
+                from concurrent.futures import ProcessPoolExecutor
 
-                forked = "fork" in mp.get_all_start_methods()
+                forked = forked and "fork" in mp.get_all_start_methods()
                 ctx = mp.get_context("fork" if forked else "spawn")
-                pool = ctx.Pool(workers, initializer=_pool_initializer, initargs=(spec, engine_name, opts, forked))
+                # ProcessPoolExecutor, not multiprocessing.Pool: a worker killed by the OOM killer makes
+                # Pool wait forever; here it raises BrokenProcessPool.
+                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pool_initializer,
+                                           initargs=(spec, engine_name, opts, forked))
             _run_shards(files, pending, shard_prefix, fingerprints, spec, opts, strict, pool, workers, prog, block_bytes)
+    except BrokenProcessPool:
+        raise WorkerCrash(
+            "a tokenizer worker process died (killed by the OOM killer or a signal?); finished shards are kept "
+            f"in {work}: re-run the same command to resume"
+        ) from None
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
         prog.close()
 
     # Merge shards -> final outputs (same bytes as one pass), .bin then .idx, then stats.json.
@@ -1034,7 +1105,7 @@ def _run_shards(files: list[Path], pending: list[int], shard_prefix: list[Path],
             if payload is None or isinstance(payload, DataError):
                 in_flight.append((i, payload, pos))
             elif pool is not None:
-                in_flight.append((i, pool.apply_async(_process_block, payload), pos))
+                in_flight.append((i, pool.submit(_process_block, *payload), pos))
             else:
                 in_flight.append((i, payload, pos))
                 return  # inline: compute lazily, one at a time
@@ -1061,7 +1132,7 @@ def _run_shards(files: list[Path], pending: list[int], shard_prefix: list[Path],
                 done_before += files[i].stat().st_size
                 submit()
                 continue
-            res: _BlockResult = handle.get() if pool is not None else _process_block(*handle)
+            res: _BlockResult = handle.result() if pool is not None else _process_block(*handle)
             submit()
             if res.issues:
                 if strict:
