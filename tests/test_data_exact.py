@@ -11,8 +11,13 @@ import pytest
 
 from launcher.data import count_tokens, read_stats, tokenize_jsonl
 from launcher.data.indexed import read_index
-from tests.test_data_oracle import hf_tokenizer, megatron_classic, read_lines, same_bytes
 from tests.fixtures.real_data import TOKENIZER_JSON_SHA256
+from tests.test_data_oracle import (
+    hf_tokenizer,
+    megatron_classic,
+    read_lines,
+    same_bytes,
+)
 
 EDGE_TEXTS = [
     "This is a test sentence.",
@@ -38,8 +43,7 @@ EDGE_TEXTS = [
 def _write_jsonl(path: Path, texts: list[str], key: str = "text", crlf: bool = False) -> Path:
     end = "\r\n" if crlf else "\n"
     with open(path, "w", encoding="utf-8", newline="") as f:
-        for i, t in enumerate(texts):
-            f.write(json.dumps({"id": i, key: t}) + end)
+        f.writelines(json.dumps({"id": i, key: t}) + end for i, t in enumerate(texts))
     return path
 
 
@@ -125,8 +129,7 @@ def test_empty_text_kept_like_megatron_with_keep_empty(tmp_path, llama31_tokeniz
 def test_several_keys_one_output_each(tmp_path, llama31_tokenizer_dir) -> None:
     src = tmp_path / "two.jsonl"
     with open(src, "w", encoding="utf-8") as f:
-        for i in range(50):
-            f.write(json.dumps({"text": f"本文 {i} です。", "title": f"Title <|eot_id|> {i}"}, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps({"text": f"本文 {i} です。", "title": f"Title <|eot_id|> {i}"}, ensure_ascii=False) + "\n" for i in range(50))
     res = tokenize_jsonl([str(src)], str(llama31_tokenizer_dir), str(tmp_path / "o"), workers=2,
                          json_keys=("text", "title"))
     lines = read_lines(src)
@@ -165,7 +168,14 @@ def test_shard_merge_equals_single_pass_and_megatron_merge(tmp_path, llama31_tok
 
 def test_small_vocab_is_uint16(tmp_path) -> None:
     """A vocabulary under 65500 gives uint16, like Megatron's DType.optimal_dtype."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -13,9 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher.data import DataError, count_tokens, read_blend, read_stats, supported_steps, tokenize_jsonl, write_blend
+from launcher.data import (
+    DataError,
+    count_tokens,
+    read_blend,
+    read_stats,
+    supported_steps,
+    tokenize_jsonl,
+    write_blend,
+)
 from launcher.data.blend import BlendError
-from launcher.data.indexed import IndexedWriter, IndexFormatError, read_document, read_index
+from launcher.data.indexed import (
+    IndexedWriter,
+    IndexFormatError,
+    read_document,
+    read_index,
+)
 from tests.test_data_oracle import megatron_classic, read_lines, same_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +44,10 @@ def _texts(n: int, tag: str) -> list[str]:
 @pytest.mark.parametrize("dtype", [np.int32, np.uint16])
 @pytest.mark.parametrize("n_docs", [0, 1, 57])
 def test_writer_matches_megatron_builder(tmp_path, dtype, n_docs) -> None:
-    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+    from megatron.core.datasets.indexed_dataset import (
+        IndexedDataset,
+        IndexedDatasetBuilder,
+    )
 
     rng = np.random.default_rng(n_docs)
     docs = [rng.integers(0, 60000, size=int(rng.integers(1, 300))) for _ in range(n_docs)]

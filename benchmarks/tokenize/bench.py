@@ -149,6 +149,9 @@ def main() -> int:
     ap.add_argument("--cores", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--methods", nargs="+", default=["ours", "classic", "fast"])
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="concatenate the corpus K times (NOT unique any more: caching tokenizers gain; only to "
+                         "amortise the ~1 s tokenizer load when measuring scaling)")
     ap.add_argument("--json", help="write all measurements here")
     args = ap.parse_args()
 
@@ -161,6 +164,12 @@ def main() -> int:
 
         corpus.parent.mkdir(parents=True, exist_ok=True)
         corpus_mod.build(str(corpus))
+    if args.repeat > 1:
+        rep_path = corpus.with_name(f"{corpus.stem}_x{args.repeat}.jsonl")
+        if not rep_path.exists():
+            data = corpus.read_bytes()
+            rep_path.write_bytes(data * args.repeat)
+        corpus = rep_path
     text_bytes = sum(len(json.loads(ln)["text"].encode()) for ln in open(corpus, encoding="utf-8"))
     print(f"corpus {corpus}: {text_bytes / 1e6:.2f} MB of UTF-8 text, {os.path.getsize(corpus) / 1e6:.2f} MB of JSONL; "
           f"tokenizer {tok_dir}; CPUs available {len(os.sched_getaffinity(0))}", flush=True)
@@ -171,10 +180,12 @@ def main() -> int:
             for n in args.cores:
                 for method in args.methods:
                     out = os.path.join(tmp, f"{method}_{n}_{rep}")
+                    load = os.getloadavg()[0]
                     r = _child(method, str(corpus), tok_dir, out, n)
+                    r["loadavg_before"] = load
                     results.setdefault((method, n), []).append(r)
                     print(f"  rep {rep} {method:8s} cores={n}: {r['wall_s']:7.2f} s wall, {r['cpu_s']:7.2f} s CPU, "
-                          f"{text_bytes / 1e6 / r['wall_s']:6.2f} MB/s", flush=True)
+                          f"{text_bytes / 1e6 / r['wall_s']:6.2f} MB/s  (load average before: {load:.2f})", flush=True)
         # exactness, same run: ours == classic byte for byte; fast == classic minus BOS
         import numpy as np
 

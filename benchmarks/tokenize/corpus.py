@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.fixtures.real_data import _is_japanese, text_paragraphs  # noqa: E402
+from tests.fixtures.real_data import _is_japanese, text_paragraphs
 
 TEXT_SOURCES = [
     "/usr/share/debian-reference/debian-reference.ja.txt.gz",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from launcher.data.indexed import IndexFormatError, read_index
 

@@ -16,10 +16,16 @@ import json
 import os
 import shlex
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from launcher.data.blend import BlendError, write_blend
-from launcher.data.tokenize import ENGINES, DataError, TokenizeResult, WorkerCrash, tokenize_jsonl
+from launcher.data.tokenize import (
+    ENGINES,
+    DataError,
+    TokenizeResult,
+    WorkerCrash,
+    tokenize_jsonl,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a worker process died (e.g. out of memory): re-run to resume

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 import numpy as np
 
@@ -132,8 +133,7 @@ class IndexedWriter:
             f.write(struct.pack("<B", CODE_OF[self.dtype]))
             f.write(struct.pack("<Q", n))
             f.write(struct.pack("<Q", n + 1))
-            for start in range(0, n, _CHUNK):
-                f.write(np.asarray(lengths[start:start + _CHUNK], dtype=np.int32).tobytes())
+            f.writelines(np.asarray(lengths[start:start + _CHUNK], dtype=np.int32).tobytes() for start in range(0, n, _CHUNK))
             offset = 0
             for start in range(0, n, _CHUNK):
                 chunk = np.asarray(lengths[start:start + _CHUNK], dtype=np.int64) * self.dtype.itemsize

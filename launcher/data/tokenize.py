@@ -30,20 +30,26 @@ import glob
 import gzip
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Sequence, TextIO
-
+from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
-from launcher.data.indexed import IndexedWriter, IndexFormatError, iter_lengths, optimal_dtype, read_index
+from launcher.data.indexed import (
+    IndexedWriter,
+    IndexFormatError,
+    iter_lengths,
+    optimal_dtype,
+    read_index,
+)
 
 FORMAT_VERSION = 1  # bump when the shard bytes for the same input/options would change
 BLOCK_BYTES = 1 << 20  # JSONL bytes per task sent to a worker
@@ -707,8 +713,7 @@ def read_stats(prefix: str | os.PathLike[str]) -> dict[str, Any]:
     """
     prefix = str(prefix)
     for suffix in (".bin", ".idx"):
-        if prefix.endswith(suffix):
-            prefix = prefix[: -len(suffix)]
+        prefix = prefix.removesuffix(suffix)
     try:
         info = read_index(prefix)
     except IndexFormatError as e:
@@ -753,7 +758,7 @@ def length_distribution(prefix: str) -> dict[str, Any]:
         v = int(np.searchsorted(cdf, max(1, int(np.ceil(p / 100 * n)))))
         return hi if v >= LENGTH_CAP else v
 
-    edges = [0] + [2 ** i for i in range(0, 25)]
+    edges = [0] + [2 ** i for i in range(25)]
     hist = {}
     for a, b in zip(edges[:-1], edges[1:]):
         c = int(counts[a:min(b, LENGTH_CAP)].sum()) if a < LENGTH_CAP else 0
@@ -794,7 +799,7 @@ class _Progress:
         el = max(now - self.t0, 1e-9)
         frac = min(self.done_bytes / self.total, 1.0)
         eta = (el / frac - el) if frac > 0 else float("nan")
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "--:--:--"
+        eta_s = "--:--:--" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
         width = 24
         bar = "#" * int(frac * width) + "." * (width - int(frac * width))
         msg = (f"tokenize [{bar}] {frac * 100:5.1f}% {self.docs:,} docs {self.docs / el:,.0f} docs/s "
@@ -996,8 +1001,7 @@ def _tokenize_locked(files: list[Path], spec: TokenizerSpec, keys: tuple[str, ..
     skipped_file = Path(f"{out}.skipped.jsonl")
     if issues_all:
         with open(skipped_file, "w", encoding="utf-8") as f:
-            for it in issues_all:
-                f.write(json.dumps(dataclasses.asdict(it), ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(dataclasses.asdict(it), ensure_ascii=False) + "\n" for it in issues_all)
     else:
         skipped_file.unlink(missing_ok=True)
     by_reason = dict(collections.Counter(it.reason for it in issues_all))
