@@ -25,7 +25,10 @@ from launcher.models import get_model
 from recipes.sdpa import sdpa_forward_step, sdpa_layer_spec, te_available
 
 ResolvedAttention = Literal["te", "sdpa"]
-CKPT_FILENAME = "{model_name}--{step}-{consumed_samples}"  # step=N in the name: launcher.resume reads it
+def ckpt_filename(run_name: str) -> str:
+    """``<run>--step=N-consumed_samples=M``: launcher.resume reads the step=N (NeMo's ``{model_name}`` placeholder
+    rendered as ``model_name=0`` on the H200 run, so the run name is written in)."""
+    return f"{run_name}--{{step}}-{{consumed_samples}}"
 
 
 def resolve_attention(spec: TrainSpec) -> ResolvedAttention:
@@ -269,7 +272,7 @@ def train_recipe(spec: TrainSpec, attention: ResolvedAttention | None = None) ->
     ckpt = run.Config(
         nl.ModelCheckpoint,
         dirpath=spec.checkpoint_dir,
-        filename=CKPT_FILENAME,
+        filename=ckpt_filename(spec.run_name),
         monitor="step",
         mode="max",
         save_top_k=spec.ckpt_keep,

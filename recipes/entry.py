@@ -74,7 +74,11 @@ def _patch_megatron_without_te() -> list[str]:
     # [numel] tensors (AssertionError (torch.Size([]), 0, N) at the first checkpoint). Leave 'step' out of the
     # per-parameter tensors, and on load keep the optimizer's own 'step' where the checkpoint carries none.
     import torch
+    from megatron.core.optimizer import distrib_optimizer as mdo
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer as DO
+
+    if getattr(mdo, "HAVE_APEX_OR_TE", True):
+        return done  # apex's FusedAdam keeps 'step' in param_groups: the fallback's problems below do not arise
 
     get_orig, set_orig = DO._get_main_param_and_optimizer_states, DO._set_main_param_and_optimizer_states
 
@@ -93,9 +97,29 @@ def _patch_megatron_without_te() -> list[str]:
                 tensors = {**tensors, "step": st}
         return set_orig(self, model_param, tensors)
 
+    # On resume, the sharded-state template is built from a fresh optimizer whose torch AdamW has no state yet:
+    # megatron-core's state_dict() then asserts len(steps) == 1 over zero steps (seen on the H200 at the first
+    # resume). A fresh optimizer has taken no step: template the param groups with step 0; the checkpoint's value
+    # replaces it on load (load_state_dict re-creates each state's 'step' from param_groups).
+    sd_orig = DO.state_dict
+
+    def state_dict_fresh_ok(self: Any) -> Any:
+        inner = self.optimizer.state_dict()
+        if inner.get("state"):
+            return sd_orig(self)
+        sd: dict[str, Any] = {"optimizer": {k: v for k, v in inner.items() if k != "state"}}
+        for g in sd["optimizer"]["param_groups"]:
+            g.pop("params", None)
+            g["step"] = 0
+        if self.grad_scaler:
+            sd["grad_scaler"] = self.grad_scaler.state_dict()
+        return sd
+
+    DO.state_dict = state_dict_fresh_ok  # type: ignore[method-assign]
     DO._get_main_param_and_optimizer_states = get_wo_step  # type: ignore[method-assign]
     DO._set_main_param_and_optimizer_states = set_keep_step  # type: ignore[method-assign]
-    done.append("DistributedOptimizer: torch AdamW's per-param 'step' kept out of the sharded optimizer state")
+    done.append("DistributedOptimizer (torch AdamW fallback): per-param 'step' kept out of the sharded optimizer "
+                "state; fresh-optimizer state_dict() templated with step 0 for loading")
     return done
 
 
@@ -160,6 +184,11 @@ def _run_train(spec: JobSpec, validate_only: bool) -> int:
 
     for p in _patch_megatron_without_te():
         log(f"compat: {p}")
+    if t.optimizer_offload and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
+        # Under the 47 GiB cap the first offloaded step failed with 6.97 GiB reserved-but-unallocated (fragmented)
+        # when the fp32 logits asked for 3.91 GiB; expandable segments let the allocator reuse that space.
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+        log("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (optimizer offload: GPU memory is the tight side)")
     _apply_gpu_memory_cap(t.gpu_memory_cap_gib)
     import fiddle as fdl
 
