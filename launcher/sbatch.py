@@ -6,6 +6,14 @@ print it. Writing the files and calling ``sbatch`` is ``launcher.executors.sbatc
 The templates live in ``templates/`` beside the package (Jinja2). Why scripts and not only nemo_run: users on
 login nodes want files they can read, keep and submit themselves, and jobs that survive time limits, preemption
 and failed nodes -- the requeue logic is in ``templates/train.sbatch.j2`` and documented there.
+
+The trainer's side of the contract (what ``launcher.stages.selftest train-loop`` does and the real train
+entrypoint must do too):
+  * on SIGUSR1, save a checkpoint and exit 0 (every rank; Slurm signals every process of the step). With NeMo:
+    ``nemo.lightning.pytorch.callbacks.PreemptionCallback(sig=signal.SIGUSR1)``, and Lightning's own SLURM
+    auto-requeue off (``SLURMEnvironment(auto_requeue=False)``): the batch script requeues, exactly once;
+  * exit 2 on a configuration error (never requeued);
+  * start from the run's own latest checkpoint, else the base weights (``launcher.resume.decide_resume``).
 """
 
 from __future__ import annotations

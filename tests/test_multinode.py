@@ -184,11 +184,11 @@ class Loop:
 
     def __init__(self, tmp: Path, prefix: str, *, nodes: int = 2, tasks_per_node: int = 1, steps: int = 30,
                  ckpt_every: int = 5, step_seconds: float = 0.3, max_requeues: int = 2,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), time_limit: str = "00:05:00", signal_seconds: int = 30) -> None:
         from launcher.executors.sbatch_backend import emit_sbatch
 
-        plan = make_plan(make_profile(tmp, gpus_per_node=tasks_per_node, max_requeues=max_requeues), nodes,
-                         unique(prefix))
+        plan = make_plan(make_profile(tmp, gpus_per_node=tasks_per_node, max_requeues=max_requeues,
+                                      time_limit=time_limit, signal_seconds=signal_seconds), nodes, unique(prefix))
         self.ckpt_dir = Path(plan.stage("train").outputs["checkpoints"])
         self.step_log = tmp / "steps.log"
         base = tmp / "base.json"
@@ -248,6 +248,25 @@ def test_warning_signal_checkpoints_requeues_and_resumes_without_lost_or_repeate
     slog = train_log(loop.plan)
     assert "requeueing job" in slog and "attempt 2 of at most 3" in slog
     assert [r["State"].split()[0] for r in job_rows(slurm_cluster, jid, loop.name)] == ["REQUEUED", "COMPLETED"]
+
+
+def test_time_limit_warning_from_slurm_itself(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """No test-side signal: a 1-minute limit with --signal=B:USR1@50 (slurmctld checks limits about every 30 s,
+    so the warning comes 10-40 s into each attempt). Each attempt checkpoints and stops before the limit; the
+    first requeues itself, the second hits max_requeues=1 and ends, resumable, without a TIMEOUT."""
+    loop = Loop(tmp_path, "tlimit", nodes=2, steps=100000, ckpt_every=1000, step_seconds=0.2, max_requeues=1,
+                time_limit="00:01:00", signal_seconds=50)
+    jid = loop.submit(slurm_cluster)
+    state = wait_job(slurm_cluster, jid, loop.name, timeout=150)
+    slog = train_log(loop.plan)
+    assert state == "FAILED", loop.log()  # stopped itself at the retry limit, not killed at the time limit
+    assert slog.count("SIGUSR1 (time limit or preemption ahead)") == 2, slog
+    assert "retry limit reached (1 requeues)" in slog
+    first, second = loop.steps_of(0), loop.steps_of(1)
+    assert loop.resumes() == [(0, "base_checkpoint", 0), (1, "own_checkpoint", first[-1])], loop.log()
+    assert first + second == list(range(1, second[-1] + 1))  # no step lost or repeated across the requeue
+    assert loop.saved(1)[-1] == second[-1]  # the last stop saved too: `--resume` continues from there
+    assert [r["State"].split()[0] for r in job_rows(slurm_cluster, jid, loop.name)] == ["REQUEUED", "FAILED"]
 
 
 def test_config_error_is_not_requeued(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
