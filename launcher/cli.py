@@ -244,6 +244,10 @@ def _emit(plan: Any, out_dir: str) -> int:
 
     if plan.resume in ("resume", "fresh"):
         _prepare_run_dir(plan)
+    elif (Path(plan.run_dir) / "manifest.json").is_file():  # never rewrite the scripts of a submitted run
+        raise ConfigError([Problem("error", "--run-name",
+                                   f"run-name={plan.run}: {plan.run_dir} already holds a submitted run; --resume "
+                                   "to continue it, --fresh to move it aside and start over, or another --run-name")])
     for path in emit_sbatch(plan, out_dir):
         print(path)
     print(f"[cpt-launch] submit with: bash {os.path.join(out_dir, 'submit_all.sh')}", file=sys.stderr)

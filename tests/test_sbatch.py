@@ -255,6 +255,16 @@ def test_existing_checkpoints_need_resume_or_fresh(profile_yaml: Path, tmp_path:
         not list((tmp_path / "runs" / "r1" / "checkpoints").iterdir())
 
 
+def test_emit_sbatch_refuses_a_submitted_run(profile_yaml: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "manifest.json").write_text("{}")
+    assert main(_cli(profile_yaml, "--emit-sbatch", str(tmp_path / "out"))) == 2
+    assert "already holds a submitted run" in capsys.readouterr().err
+    assert not (run_dir / "scripts").exists()
+
+
 def test_write_run_dir_resume_keeps_history(tmp_path: Path) -> None:
     from launcher.manifest import move_aside, write_run_dir
 
