@@ -489,3 +489,35 @@ def test_cli_cancel(slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: py
     assert states["train"] == "CANCELLED" and states["export"] == "CANCELLED"
     # a second launch of the same run name is refused; --resume would continue it
     assert main(_cli_args(profile, model, run, "sbatch")) == 2
+
+
+def test_two_submissions_of_one_run_never_overlap(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """`sbatch train.sbatch` twice (a user resubmits by hand): --dependency=singleton makes the second wait until
+    the first has ended, so two jobs never write the run's checkpoint directory at once."""
+    loop = Loop(tmp_path, "single", nodes=2, steps=15, ckpt_every=5, step_seconds=0.2)
+    a, b = loop.submit(slurm_cluster), loop.submit(slurm_cluster)
+    assert wait_job(slurm_cluster, a, loop.name) == "COMPLETED"
+    assert wait_job(slurm_cluster, b, loop.name) == "COMPLETED"
+    times = {}
+    for jid in (a, b):
+        out = slurm_cluster.run("sacct", "-n", "-X", "-P", "-j", jid, "-o", "JobName,Start,End").stdout
+        row = [ln.split("|") for ln in out.splitlines() if ln.startswith(loop.name + "|")][-1]
+        times[jid] = (row[1], row[2])
+    assert times[b][0] >= times[a][1], times  # ISO timestamps: b started after a ended
+    # the second job found the first one's final checkpoint and had nothing left to do
+    assert loop.resumes()[-1][1:] == ("own_checkpoint", 15)
+
+
+def test_submitit_backend_config_error_is_not_requeued(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    from launcher.executors.submitit_backend import SubmititBackend
+    from launcher.manifest import write_run_dir
+
+    loop = Loop(tmp_path, "subcfg", nodes=2, extra=("--config-error",))
+    backend = SubmititBackend()
+    manifest = backend.submit(loop.plan, write_run_dir(loop.plan, backend.name))
+    jid = manifest.stages["train"].job_id
+    assert jid
+    assert wait_job(slurm_cluster, jid, loop.name, timeout=60) == "FAILED"
+    time.sleep(2)
+    assert [r["State"] for r in job_rows(slurm_cluster, jid, loop.name)] == ["FAILED"]
+    assert "configuration error (exit 2): not requeued" in Path(manifest.stages["train"].log).read_text()
