@@ -106,6 +106,10 @@ def train_spec_problems(spec: TrainSpec, attention: ResolvedAttention | None = N
         err("ckpt_every_n_steps", "ckpt_every_n_steps and ckpt_keep must be >= 1")
     if spec.max_steps < 1:
         err("max_steps", f"{spec.max_steps} < 1")
+    if spec.val_check_interval > spec.max_steps:
+        # Lightning refuses this at fit start, after minutes of setup (seen on the H200: "val_check_interval (1000)
+        # must be less than or equal to the number of the training batches")
+        err("val_check_interval", f"{spec.val_check_interval} > max_steps={spec.max_steps}; use <= max_steps")
     if spec.optim.warmup_steps >= spec.max_steps:
         probs.append(Problem("warning", "jobspec train.optim.warmup_steps",
                              f"warmup_steps={spec.optim.warmup_steps} >= max_steps={spec.max_steps}: lr never decays"))

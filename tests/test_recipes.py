@@ -202,3 +202,28 @@ def test_jobspec_roundtrip_with_added_fields() -> None:
                                ckpt_async_save=False, optim=Optim())
     js = JobSpec(spec, ConvertSpec(), ExportSpec())
     assert JobSpec.from_json(js.to_json()) == js
+
+
+def test_fresh_torch_adamw_state_dict_is_templated_for_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The no-TE/no-apex resume fix: a fresh torch AdamW has no per-param 'step' to collect (megatron asserted)."""
+    import megatron.core.optimizer as mopt
+    import megatron.core.optimizer.optimizer_config as moc
+    from megatron.core.optimizer import distrib_optimizer as mdo
+
+    DO = mdo.DistributedOptimizer
+    for obj, name in [(DO, "state_dict"), (DO, "_get_main_param_and_optimizer_states"),
+                      (DO, "_set_main_param_and_optimizer_states"), (moc, "is_te_min_version"),
+                      (mopt, "is_te_min_version")]:
+        monkeypatch.setattr(obj, name, getattr(obj, name))  # restored after the test
+    monkeypatch.setattr(mdo, "HAVE_APEX_OR_TE", False)
+    monkeypatch.setattr("recipes.sdpa.te_available", lambda: False)
+    from recipes.entry import _patch_megatron_without_te
+
+    assert len(_patch_megatron_without_te()) == 2
+    p = torch.nn.Parameter(torch.zeros(4))
+    fake = SimpleNamespace(optimizer=torch.optim.AdamW([p], lr=0.1), grad_scaler=None)
+    sd = DO.state_dict(fake)
+    assert sd["optimizer"]["param_groups"][0]["step"] == 0 and "params" not in sd["optimizer"]["param_groups"][0]
+    p.grad = torch.ones(4)
+    fake.optimizer.step()
+    assert DO.state_dict(fake)["optimizer"]["param_groups"][0]["step"] == 1.0  # megatron's own path once stepped

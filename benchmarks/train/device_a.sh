@@ -14,11 +14,11 @@ $NEMO_PY -c "import nvidia_resiliency_ext.ptl_resiliency.local_checkpoint_callba
 mkdir -p $ROOT/jobs
 MJ="python3 benchmarks/train/make_jobspec.py"
 $MJ $ROOT/jobs/main8.json --name main8 --layers 8 --gpus 1 --gbs 8 --steps 40 --ckpt-every 20 --val-every 20
-$MJ $ROOT/jobs/full8.json --name full8 --layers 8 --gpus 1 --gbs 8 --steps 100 --ckpt-every 1000 --val-every 1000 --recompute full
-$MJ $ROOT/jobs/s4k8.json --name s4k8 --layers 8 --gpus 1 --gbs 8 --seq 4096 --steps 100 --ckpt-every 1000 --val-every 1000
-$MJ $ROOT/jobs/tp2l32.json --name tp2l32 --layers 32 --gpus 2 --tp 2 --sp --gbs 8 --steps 100 --ckpt-every 1000 --val-every 1000
-$MJ $ROOT/jobs/dp2l8.json --name dp2l8 --layers 8 --gpus 2 --gbs 16 --steps 100 --ckpt-every 1000 --val-every 1000
-$MJ $ROOT/jobs/ws48.json --name ws48 --layers 32 --gpus 1 --gbs 8 --steps 100 --ckpt-every 1000 --val-every 1000 \
+$MJ $ROOT/jobs/full8.json --name full8 --layers 8 --gpus 1 --gbs 8 --steps 100 --ckpt-every 1000 --val-every 100 --recompute full
+$MJ $ROOT/jobs/s4k8.json --name s4k8 --layers 8 --gpus 1 --gbs 8 --seq 4096 --steps 100 --ckpt-every 1000 --val-every 100
+$MJ $ROOT/jobs/tp2l32.json --name tp2l32 --layers 32 --gpus 2 --tp 2 --sp --gbs 8 --steps 100 --ckpt-every 1000 --val-every 100
+$MJ $ROOT/jobs/dp2l8.json --name dp2l8 --layers 8 --gpus 2 --gbs 16 --steps 100 --ckpt-every 1000 --val-every 100
+$MJ $ROOT/jobs/ws48.json --name ws48 --layers 32 --gpus 1 --gbs 8 --steps 100 --ckpt-every 1000 --val-every 100 \
     --recompute full --offload --bf16-grads --cap-gib 47
 ( $NEMO_PY -m recipes.entry train --jobspec $ROOT/jobs/main8.json --validate-only ) > $OUT/validate.txt 2>&1
 (

@@ -38,7 +38,9 @@ train() {
     local n=0; [ -f $stats ] && n=$(wc -l < $stats)
     if [ "$n" -ge "$stop" ]; then
       if [ "${WAIT_CKPT:-0}" = 1 ]; then
-        ls $ck 2>/dev/null | grep -q -- '-last$' && ! ls $ck | grep -q -- '-unfinished' && done_=1
+        # NeMo links <ckpt>-last only once an async save is finalized; later saves may be in flight (their
+        # -unfinished markers are expected): kill -9 then is exactly the preemption the resume rule must survive
+        ls $ck 2>/dev/null | grep -q -- '-last$' && done_=1
       else done_=1; fi
     fi
     if [ $done_ = 1 ] || [ $t -ge $tmo ]; then

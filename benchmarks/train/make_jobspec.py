@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--ckpt-every", type=int, default=20)
-    ap.add_argument("--val-every", type=int, default=20)
+    ap.add_argument("--val-every", type=int, default=None, help="default: --steps (validate once, at the end)")
     ap.add_argument("--val-batches", type=int, default=2)
     ap.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
     ap.add_argument("--recompute-layers", type=int, default=None)
@@ -49,7 +49,7 @@ def main() -> int:
         model="llama3.1-8b", num_layers=a.layers, num_nodes=1, gpus_per_node=a.gpus,
         parallelism=Parallelism(tp=a.tp, pp=a.pp, cp=1, dp=dp, mbs=a.mbs, gbs=a.gbs, sequence_parallel=a.sp,
                                 distributed_optimizer=True),
-        optim=Optim(), seq_length=a.seq, max_steps=a.steps, val_check_interval=a.val_every,
+        optim=Optim(), seq_length=a.seq, max_steps=a.steps, val_check_interval=a.val_every or a.steps,
         limit_val_batches=a.val_batches, ckpt_every_n_steps=a.ckpt_every, ckpt_keep=1,
         ckpt_async_save=not a.sync_ckpt,
         recompute=a.recompute, recompute_num_layers=a.recompute_layers,
