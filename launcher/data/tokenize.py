@@ -316,7 +316,11 @@ class _GigatokenEngine:
         self.adds_template = False
 
     def warm_up(self) -> None:
-        """The first encode builds tables lazily (~0.4 s) and starts threads: never before a fork."""
+        """The first encode builds tables lazily (~0.4 s); done once in the parent before forking workers.
+
+        It also starts jemalloc's background thread, which is fork-safe (jemalloc's own atfork handlers);
+        no rayon pool is started with parallel=False.
+        """
         self._tok.encode_batch([b"warm up \xe6\x97\xa5\xe6\x9c\xac"], parallel=False)
 
     def encode(self, texts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -463,9 +467,9 @@ def _pool_initializer(spec: TokenizerSpec, engine: str, opts: _Options, forked: 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if not forked or "engine" not in _STATE:
         _init_worker(spec, engine, opts)
-    warm = getattr(_STATE["engine"], "warm_up", None)
-    if warm is not None:
-        warm()
+        warm = getattr(_STATE["engine"], "warm_up", None)
+        if warm is not None:
+            warm()
 
 
 def _init_worker(spec: TokenizerSpec, engine: str, opts: _Options, prebuilt: Any = None) -> None:
@@ -953,15 +957,17 @@ def _tokenize_locked(files: list[Path], spec: TokenizerSpec, keys: tuple[str, ..
     pool = None
     try:
         if pending:
-            # The engine is loaded here once and the workers are forked after it (copy-on-write: no
-            # second 0.5 s load per worker). Forking is safe only while no engine has encoded in this
-            # process (the first encode starts native threads, and a fork copies none of them, nor the
-            # locks they hold); after a probe in this process, workers are spawned and load their own.
+            # The engine is loaded and warmed up here once and the workers are forked after it
+            # (copy-on-write: no 0.5 s load + 0.4 s warm-up per worker). After a probe in this process
+            # (HF tokenizers' rayon pool may be running) the workers are spawned and load their own.
             if workers > 1 and (engine_obj is not None or _PROBED_HERE):
                 forked = False
             else:
                 forked = True
                 _init_worker_inline(spec, engine_name, opts, engine_obj)
+                warm = getattr(_STATE["engine"], "warm_up", None)
+                if warm is not None and workers > 1:
+                    warm()
             if workers > 1:
                 import multiprocessing as mp
                 from concurrent.futures import ProcessPoolExecutor
@@ -988,6 +994,12 @@ def _tokenize_locked(files: list[Path], spec: TokenizerSpec, keys: tuple[str, ..
     # Merge shards -> final outputs (same bytes as one pass), .bin then .idx, then stats.json.
     metas = [json.loads(marker(i).read_text()) for i in range(len(files))]
     for k in keys:
+        if len(files) == 1:  # one shard: it already is the output (fsynced); move it, .idx last
+            shard = f"{shard_prefix[0]}_{k}_document"
+            Path(f"{outputs[k]}.idx").unlink(missing_ok=True)
+            os.replace(f"{shard}.bin", f"{outputs[k]}.bin")
+            os.replace(f"{shard}.idx", f"{outputs[k]}.idx")
+            continue
         writer = IndexedWriter(outputs[k], spec.dtype)
         try:
             for i in range(len(files)):
