@@ -407,7 +407,7 @@ def train_recipe_checks(recipe: run.Partial, spec: TrainSpec, attention: Resolve
         Check("num_layers", mc.num_layers, spec.num_layers or get_model(spec.model).num_layers),
         Check("data paths", d.paths, _data_paths(spec)),
         Check("data split (unused with per-split paths)", d.split, None),
-        Check("tokenizer class", getattr(tok, "__fn_or_cls__", None).__name__, "AutoTokenizer"),
+        Check("tokenizer class", getattr(getattr(tok, "__fn_or_cls__", None), "__name__", None), "AutoTokenizer"),
         Check("tokenizer dir", tok.pretrained_model_name, spec.tokenizer_dir),
         Check("lr", oc.lr, o.lr),
         Check("min_lr", sch.min_lr, o.min_lr),
