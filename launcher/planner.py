@@ -42,6 +42,15 @@ from launcher.models import MODELS, ModelSpec
 from launcher.profiles import Hardware
 
 OffloadPin = Literal["auto", "on", "off"]
+
+# What the GPU has shown of the host-master mechanism so far (benchmarks/train/README.md), said with every plan
+# that relies on it, so nobody mistakes a prediction for a proven run.
+MEASURED_HOST_MASTER = (
+    "Measured (H200 capped at 47 GiB, 32 layers, seq 8192): the fp32 master weights and Adam state are built on the "
+    "host (megatron-core precision-aware optimizer + CPU offload; 111-129 GiB host RAM at setup), so setup fits where "
+    "plain optimizer_cpu_offload ran out of memory; the first training step then ran out of memory on fragmented "
+    "free memory (14% measured vs the model's 10%) before expandable segments were enabled. Not yet proven to train "
+    "at seq 8192 on 48 GB: if it fails, --seq-length 4096 or one of the different experiments below.")
 RECOMPUTES: tuple[Recompute, ...] = ("none", "selective", "full")
 
 # Dense bf16 tensor TFLOP/s per GPU model (vendor data sheets), for the compute vs comms/offload balance only.
@@ -655,6 +664,8 @@ def _explain(hw: Hardware, model: ModelSpec, pins: Pins, chosen: Candidate, matc
         lines.append(f"This keeps the experiment: full-parameter continual pretraining of {model.name}, with the "
                      f"optimizer state on the host ({mech}; {chosen.host_need_gib:.0f} of {hw.host_memory_gib:.0f} "
                      f"GiB host memory) and recompute={chosen.recompute}.{why}")
+        if chosen.strategy == "host_master":
+            lines.append(MEASURED_HOST_MASTER)
         alts = _alternative_experiments(hw, nodes, model, gbs, seq, pins, offload_strategy, coeffs, sc)
         if alts:
             lines.append("Different experiments, one flag away: " + "; ".join(alts) + ".")
