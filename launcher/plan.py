@@ -216,6 +216,16 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
     if not data_items:
         problems.append(Problem("error", "--data", f"no training data: give --data (JSONL globs or "
                                                    f"..._text_document prefixes) or defaults.data in {profile.source}"))
+    if not valid_items:
+        problems.append(Problem("error", "--valid-data",
+                                f"no validation data: give --valid-data (JSONL or a ..._text_document prefix) or "
+                                f"defaults.valid_data in {profile.source}; NeMo's fallback, a 900,50,50 split of the "
+                                "training blend, would silently hold out 10% of it"))
+    attention = ov.attention or d.attention
+    if ov.cp is not None and ov.cp > 1 and attention != "te":
+        problems.append(Problem("error", "--cp", f"cp={ov.cp}: context parallelism needs Transformer Engine "
+                                                 f"(attention=te), this run uses attention={attention}; allowed: 1, "
+                                                 "or --attention te"))
     if problems:
         raise ConfigError(problems)
 
@@ -227,7 +237,10 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
 
     from launcher import planner  # pure; imported here to keep `cpt-launch --help` minimal
 
-    pins = planner.Pins(tp=ov.tp, pp=ov.pp, cp=ov.cp, mbs=ov.mbs, recompute=ov.recompute,
+    # Context parallelism needs Transformer Engine's attention: without it (sdpa, or auto that may resolve to
+    # sdpa in the container) the planner must not choose it.
+    cp_pin = ov.cp if ov.cp is not None else (None if attention == "te" else 1)
+    pins = planner.Pins(tp=ov.tp, pp=ov.pp, cp=cp_pin, mbs=ov.mbs, recompute=ov.recompute,
                         optimizer_offload=ov.optimizer_offload, peft=ov.peft, fp8=ov.fp8)
     choice = planner.plan(hw, nodes, model, gbs, seq, pins)
     par = choice.parallelism
@@ -264,7 +277,6 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
 
     ckpt_dir_host = posixpath.join(run_dir, "checkpoints")
     export_host = posixpath.join(run_dir, "export", f"{repo_tail}-cpt")
-    attention = ov.attention or d.attention
     train = TrainSpec(
         model=model_name,
         num_layers=ov.num_layers,
@@ -284,7 +296,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         # offloaded state: bf16 grads on the GPU (the fp32 main-grad buffer alone is 4 B/param)
         grad_reduce_in_fp32=not offload,
         peft=ov.peft,
-        attention="sdpa" if attention == "sdpa" else "te",
+        attention=attention,
         train_data=_blend([_to_job_path(p, profile) for p in train_prefixes]),
         valid_data=_blend([_to_job_path(p, profile) for p in valid_prefixes]),
         test_data=_blend([_to_job_path(p, profile) for p in valid_prefixes]),

@@ -74,7 +74,9 @@ def test_pipeline_runs_in_order_and_stops_at_the_failing_stage(slurm_cluster: An
     m = model_dir(tmp_path, llama31_tokenizer_dir)
     data = tmp_path / "data" / "ja"
     data.mkdir(parents=True)
-    (data / "train_0.jsonl").write_bytes(japanese_jsonl.read_bytes())
+    lines = japanese_jsonl.read_bytes().splitlines(keepends=True)
+    (data / "train_0.jsonl").write_bytes(b"".join(lines[:-50]))
+    (data / "valid_0.jsonl").write_bytes(b"".join(lines[-50:]))
     r = cli("--cluster", str(prof), "--run-name", "pipe", "--nodes", "2", "--model-dir", str(m),
             "--data", "ja/train_*.jsonl", "--max-steps", "2", "--gbs", "16", "--seq-length", "1024",
             env={"HF_TOKEN": SECRET})
@@ -124,7 +126,8 @@ def test_cancel_stops_every_unfinished_stage(slurm_cluster: Any, tmp_path: Path,
     prefix = tmp_path / "data" / "ready_text_document"
     _write_tiny_dataset(prefix)
     r = cli("--cluster", str(prof), "--run-name", "cx", "--nodes", "1", "--model-dir", str(m),
-            "--data", str(prefix), "--max-steps", "1", "--gbs", "8", "--seq-length", "256")
+            "--data", str(prefix), "--valid-data", str(prefix), "--max-steps", "1", "--gbs", "8",
+            "--seq-length", "256")
     assert r.returncode == 0, r.stderr
     run_dir = tmp_path / "runs" / "cx"
     c = cli("cancel", str(run_dir))

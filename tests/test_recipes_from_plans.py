@@ -1,0 +1,54 @@
+"""For every shipped profile: the plan's job spec builds into NeMo-Run recipes whose values equal the plan.
+
+This is the contract between the login node (plan, no NeMo) and the container (recipes): what `cpt-launch
+--dry-run` shows is what the job will train with. Needs the [nemo] extra (CI installs it); no GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from launcher.plan import Overrides, PlanContext, build_plan
+from launcher.profiles import available_profiles, load_profile
+
+pytestmark = pytest.mark.nemo
+pytest.importorskip("nemo.collections.llm", reason="needs nemo_toolkit 2.7.x: pip install -e '.[nemo]'")
+
+from recipes import cpt  # noqa: E402
+from recipes.entry import main as entry_main  # noqa: E402
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_every_recipe_of_every_profile_equals_the_plan(profile: str, tmp_path: Path) -> None:
+    prof = load_profile(profile)
+    plan = build_plan(prof, Overrides(nodes=prof.hardware.max_nodes if profile == "test-slurm" else None),
+                      PlanContext(code_dir="/src", command="test", run_name="r"))
+    spec = plan.jobspec
+    t = spec.train
+    attention = cpt.resolve_attention(t)
+    r = cpt.train_recipe(t, attention)
+    bad = [c for c in cpt.train_recipe_checks(r, t, attention) if not c.ok]
+    assert not bad, bad
+    par = plan.parallelism
+    st = r.trainer.strategy
+    assert (st.tensor_model_parallel_size, st.pipeline_model_parallel_size, st.context_parallel_size) == (
+        par.tp, par.pp, par.cp)
+    assert r.trainer.num_nodes == plan.nodes and r.trainer.num_nodes * r.trainer.devices == plan.gpus
+    assert (r.data.global_batch_size, r.data.micro_batch_size, r.data.seq_length) == (par.gbs, par.mbs, t.seq_length)
+    assert r.data.paths["train"] == t.train_data and r.data.tokenizer.pretrained_model_name == t.tokenizer_dir
+    assert r.optim.config.lr == 2.5e-5 and r.optim.lr_scheduler.min_lr == 2.5e-6
+    assert r.optim.lr_scheduler.warmup_steps == 15 and r.trainer.max_steps == t.max_steps
+    assert r.resume.resume_if_exists and r.resume.restore_config.path == t.base_checkpoint
+    assert r.log.ckpt.dirpath == t.checkpoint_dir
+    # the plan's offload decision reaches megatron's optimizer config
+    assert r.optim.config.optimizer_cpu_offload is t.optimizer_offload
+    # convert and export build too, on the plan's paths
+    c = cpt.convert_recipe(spec.convert)
+    e = cpt.export_recipe(spec.export, checkpoint=f"{t.checkpoint_dir}/last")
+    assert c is not None and e is not None
+    # and the job-side --validate-only accepts the plan's job spec as written
+    js = tmp_path / "jobspec.json"
+    js.write_text(spec.to_json())
+    assert entry_main(["train", "--jobspec", str(js), "--validate-only"]) == 0
