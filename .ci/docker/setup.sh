@@ -106,7 +106,8 @@ cmd_down() {
   local pid i
   [[ -s $PIDFILE ]] || return 0
   pid=$(<"$PIDFILE")
-  if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+  # Only our dockerd: a stale pid may belong to another program by now.
+  if [[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == dockerd ]]; then
     kill -TERM "$pid"
     for ((i = 0; i < 100; i++)); do
       kill -0 "$pid" 2>/dev/null || break

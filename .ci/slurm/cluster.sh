@@ -65,11 +65,14 @@ need_packages() {
 }
 
 pid_alive() {
-  # True when the pid file exists and names a live process.
-  local pidfile=$1 pid
+  # True when the pid file names a live process of the right program (slurmd-node1.pid -> slurmd):
+  # after the daemons were killed from outside, a stale pid may belong to something else by now.
+  local pidfile=$1 pid name
   [[ -s $pidfile ]] || return 1
   pid=$(<"$pidfile")
-  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+  name=$(basename "$pidfile" .pid)
+  name=${name%%-*}
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]]
 }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.2 s.
