@@ -192,6 +192,7 @@ def _run_train(spec: JobSpec, validate_only: bool) -> int:
     _apply_gpu_memory_cap(t.gpu_memory_cap_gib)
     import fiddle as fdl
 
+    _slurm_requeue_contract(recipe)
     task = fdl.build(recipe)
     if attention == "sdpa":
         # PreTrainingDataModule forces create_attention_mask=True when TE is missing; the causal SDPA ignores the
@@ -199,6 +200,29 @@ def _run_train(spec: JobSpec, validate_only: bool) -> int:
         task.keywords["data"].create_attention_mask = False
     task()
     return EXIT_OK
+
+
+def _slurm_requeue_contract(recipe: Any) -> None:
+    """The trainer's side of the sbatch template's requeue rule (launcher/sbatch.py).
+
+    Slurm sends SIGUSR1 ``signal_seconds`` before the time limit: NeMo's PreemptionCallback then saves a checkpoint
+    and stops training, the process exits 0, and the batch script requeues the job (within ``max_requeues``).
+    Lightning's own SLURM handler would requeue from inside the job as well, so it is switched off: one rule, in
+    one place.
+    """
+    if not os.environ.get("SLURM_JOB_ID"):
+        return
+    import signal
+
+    import nemo_run as run
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+    from nemo.lightning.pytorch.callbacks import PreemptionCallback
+
+    tr = recipe.trainer
+    tr.callbacks = [*(tr.callbacks or []), run.Config(PreemptionCallback, sig=signal.SIGUSR1)]
+    plugins = tr.plugins if isinstance(tr.plugins, list) else [tr.plugins] if tr.plugins is not None else []
+    tr.plugins = [*plugins, run.Config(SLURMEnvironment, auto_requeue=False)]
+    log("slurm: SIGUSR1 -> checkpoint and stop (PreemptionCallback); Lightning auto-requeue off")
 
 
 def _run_convert(spec: JobSpec, validate_only: bool) -> int:

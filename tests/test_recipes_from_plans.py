@@ -52,3 +52,25 @@ def test_every_recipe_of_every_profile_equals_the_plan(profile: str, tmp_path: P
     js = tmp_path / "jobspec.json"
     js.write_text(spec.to_json())
     assert entry_main(["train", "--jobspec", str(js), "--validate-only"]) == 0
+
+
+def test_under_slurm_the_trainer_checkpoints_on_usr1_and_leaves_requeue_to_the_script(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    import fiddle as fdl
+
+    from recipes import entry
+
+    plan = build_plan(load_profile("dgx-h100"), Overrides(nodes=1), PlanContext(code_dir="/s", command="t",
+                                                                                 run_name="r"))
+    r = cpt.train_recipe(plan.jobspec.train, cpt.resolve_attention(plan.jobspec.train))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    entry._slurm_requeue_contract(r)
+    assert "PreemptionCallback" not in [type(c).__name__ for c in fdl.build(r.trainer.callbacks)]
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    entry._slurm_requeue_contract(r)
+    cbs = {type(c).__name__: c for c in fdl.build(r.trainer.callbacks)}
+    assert cbs["PreemptionCallback"].sig == signal.SIGUSR1
+    envs = [p for p in fdl.build(r.trainer.plugins) if type(p).__name__ == "SLURMEnvironment"]
+    assert len(envs) == 1 and envs[0].auto_requeue is False
