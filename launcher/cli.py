@@ -164,8 +164,6 @@ def _plan_cmd(args: argparse.Namespace, argv: list[str]) -> int:
     plan = make_plan(args, argv)
     problems = list(plan.problems) + _preflight(plan, args)
     dry = args.cmd in ("plan", "check") or getattr(args, "dry_run", False)
-    if args.cmd == "submit":
-        problems = _resume_decision(plan, problems, dry)
     errors = [p for p in problems if p.severity == "error"]
     if args.json and dry:
         d = plan.to_json()
@@ -198,22 +196,6 @@ def _plan_cmd(args: argparse.Namespace, argv: list[str]) -> int:
     if emit:
         return _emit(plan, emit)
     return _submit(plan, args)
-
-
-def _resume_decision(plan: Any, problems: list[Problem], dry: bool) -> list[Problem]:
-    """Existing checkpoints need an explicit --resume or --fresh (a rerun must never silently continue or
-    restart). --fresh moves the directory aside before anything is written, so the pre-flight's "--fresh, but
-    checkpoints exist" no longer applies."""
-    from launcher.manifest import checkpoint_entries
-
-    if plan.resume == "fresh":
-        problems = [p for p in problems if not (p.where.startswith("checkpoint_dir") and "--fresh" in p.message)]
-    if not dry and plan.resume == "auto" and checkpoint_entries(plan):
-        problems.append(Problem("error", "--resume/--fresh",
-                                f"{plan.run_dir}/checkpoints holds checkpoints of run {plan.run}: decide: --resume "
-                                "(continue from its latest checkpoint) or --fresh (move the run directory aside to "
-                                "<dir>.<timestamp> and start from the base weights)"))
-    return problems
 
 
 def _prepare_run_dir(plan: Any) -> None:

@@ -422,19 +422,17 @@ def check_checkpoint_dir(facts: PreflightFacts, fs: FileSystemView) -> list[Prob
         return [Problem("error", f"checkpoint_dir {facts.checkpoint_dir}",
                         f"not visible inside the container (mounts: {_mount_hint(facts)})")]
     has = fs.is_dir(host) and bool(_safe_listdir(fs, host))
-    if has and facts.resume is None:
-        return [Problem("error", f"checkpoint_dir {facts.checkpoint_dir}",
-                        f"{host} already holds checkpoints; decide explicitly: --resume (continue this run) or a new "
-                        "--run-name (start fresh)")]
-    if facts.resume == "auto":
-        return []
+    if has and facts.resume in (None, "auto"):
+        return [Problem("error", "--resume/--fresh",
+                        f"{host} already holds checkpoints; decide: --resume (continue from the latest "
+                        "one) or --fresh (the run directory is moved aside to <dir>.<timestamp>, never deleted, and "
+                        "training starts from the base weights)")]
     if facts.resume == "resume" and not has:
         return [Problem("warning", f"checkpoint_dir {facts.checkpoint_dir}",
                         f"resume asked, but {host} holds no checkpoint: training starts from the base weights")]
     if facts.resume == "fresh" and has:
-        return [Problem("error", f"checkpoint_dir {facts.checkpoint_dir}",
-                        f"--fresh, but {host} holds checkpoints that resume_if_exists would pick up; fix: a new "
-                        "--run-name")]
+        return [Problem("warning", f"checkpoint_dir {facts.checkpoint_dir}",
+                        f"--fresh: {host} is moved aside (with its run directory) before anything is submitted")]
     return []
 
 

@@ -269,10 +269,12 @@ def test_checkpoint_dir_resume_or_fresh(site: dict[str, Path]) -> None:
     ck = site["runs"] / "run1" / "checkpoints"
     ck.mkdir(parents=True)
     (ck / "step=15").mkdir()
-    w = by_where(run_preflight(facts(site, resume=None), FS))
-    assert "decide explicitly" in w["checkpoint_dir /results/run1/checkpoints"].message
-    assert "checkpoint_dir /results/run1/checkpoints" not in by_where(run_preflight(facts(site, resume="auto"), FS))
-    assert by_where(run_preflight(facts(site, resume="fresh"), FS))["checkpoint_dir /results/run1/checkpoints"]
+    for undecided in (None, "auto"):  # a plain rerun must neither silently continue nor silently restart
+        p = by_where(run_preflight(facts(site, resume=undecided), FS))["--resume/--fresh"]
+        assert p.severity == "error" and "decide: --resume" in p.message and "--fresh" in p.message
+    assert "--resume/--fresh" not in by_where(run_preflight(facts(site, resume="resume"), FS))
+    fresh = by_where(run_preflight(facts(site, resume="fresh"), FS))["checkpoint_dir /results/run1/checkpoints"]
+    assert fresh.severity == "warning" and "moved aside" in fresh.message
 
 
 def test_memory_fits_or_not(site: dict[str, Path]) -> None:
