@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -142,3 +143,27 @@ def test_killed_run_leaves_no_complete_pair_and_resumes(tmp_path, llama31_tokeni
     ref = megatron_classic(all_lines, llama31_tokenizer_dir, str(tmp_path / "ref"))
     assert same_bytes(f"{out}_text_document", ref)
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_killed_worker_fails_the_run_instead_of_hanging(tmp_path, llama31_tokenizer_dir, japanese_jsonl) -> None:
+    """A worker killed (e.g. by the OOM killer) ends the run with exit 1; finished shards are kept."""
+    d, all_lines = _many_shards(tmp_path, japanese_jsonl, 12)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "launcher.data.cli", "-i", str(d), "-t", str(llama31_tokenizer_dir), "-o", str(out),
+           "-j", "2", "-q"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = Path(f"{out}.tokenize-work") / "00000.done.json"
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False).stdout.split()
+    assert proc.poll() is None and children, "the run ended before a worker could be killed"
+    os.kill(int(children[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "worker process died" in err and "re-run the same command to resume" in err
+    assert not Path(f"{out}_text_document.idx").exists()
+    proc2 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    assert proc2.returncode == 0, proc2.stderr
+    ref = megatron_classic(all_lines, llama31_tokenizer_dir, str(tmp_path / "ref"))
+    assert same_bytes(f"{out}_text_document", ref)

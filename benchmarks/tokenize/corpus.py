@@ -2,7 +2,8 @@
 
 Sources (install with setup.sh): debian-reference-ja, debian-faq-ja, developers-reference-ja,
 debian-policy-ja, maint-guide-ja (paragraphs), manpages-ja and manpages-ja-dev (one document per
-man page, troff markup stripped). Exact duplicate documents are dropped: repeating a small corpus
+man page, troff markup stripped), and the HTML pages of gimp-help-ja, libreoffice-help-ja,
+kicad-doc-ja and lilypond-doc-html-ja (one document per page) when setup.sh has unpacked them. Exact duplicate documents are dropped: repeating a small corpus
 flatters tokenizers that cache pre-token results.
 
     python benchmarks/tokenize/corpus.py OUT.jsonl
@@ -61,7 +62,12 @@ def _strip_troff(text: str) -> str:
     return "\n".join(lines)
 
 
-def documents() -> list[str]:
+# Larger HTML manuals, fetched without their dependencies by setup.sh (`apt-get download` + `dpkg-deb -x`
+# into /tmp/jadocs): one document per page, like an encyclopedia article.
+PAGE_SOURCES = ["/tmp/jadocs/usr/share/**/*.html"]
+
+
+def documents(pages: bool = True) -> list[str]:
     docs: list[str] = []
     for pattern in TEXT_SOURCES:
         for path in sorted(glob.glob(pattern)):
@@ -74,6 +80,12 @@ def documents() -> list[str]:
             page = "\n\n".join(text_paragraphs(_strip_troff(_read(path)), min_japanese=1))
             if sum(1 for ch in page if _is_japanese(ch)) >= 50:
                 docs.append(page)
+    if pages:
+        for pattern in PAGE_SOURCES:
+            for path in sorted(glob.glob(pattern, recursive=True)):
+                page = "\n\n".join(text_paragraphs(_strip_html(_read(path)), min_japanese=1))
+                if sum(1 for ch in page if _is_japanese(ch)) >= 50:
+                    docs.append(page)
     seen: set[str] = set()
     unique = []
     for d in docs:
