@@ -248,3 +248,14 @@ def test_launcher_data_imports_no_torch_or_megatron() -> None:
             "bad = [m for m in ('torch', 'megatron', 'transformers') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cli_json_keys_megatron_style_and_repeated() -> None:
+    from launcher.data import cli
+
+    ap = argparse.ArgumentParser()
+    cli.add_arguments(ap)
+    base = ["-i", "x.jsonl", "-t", "tok", "-o", "out"]
+    assert ap.parse_args(base + ["--json-keys", "text", "title"]).json_keys == ["text", "title"]
+    assert ap.parse_args(base + ["--json-key", "text", "--json-key", "title"]).json_keys == ["text", "title"]
+    assert ap.parse_args(base).json_keys is None  # run() uses ["text"]

@@ -51,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output prefix: writes PREFIX_{key}_document.bin/.idx/.stats.json")
     parser.add_argument("--workers", "-j", type=int, default=_default_workers(),
                         help="worker processes (default: the CPUs this process may use)")
-    parser.add_argument("--json-key", "--json-keys", dest="json_keys", action="append", metavar="KEY",
-                        help="JSON field to tokenize (default: text); repeat for several, one output per key")
+    parser.add_argument("--json-key", "--json-keys", dest="json_keys", action="extend", nargs="+", metavar="KEY",
+                        help="JSON field(s) to tokenize (default: text); several give one output per key: "
+                             "--json-key text title (or the flag repeated)")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first bad line with exit 2 (default: skip it and report file:line)")
     parser.add_argument("--allow-eot-eod", action="store_true",
