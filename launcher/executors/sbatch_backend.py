@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from launcher.executors.base import TERMINAL, Backend
+from launcher.executors.slurm import SlurmJobs
 from launcher.manifest import Manifest, atomic_write
 from launcher.plan import LaunchPlan, plan_json_text
 from launcher.sbatch import render_all
@@ -51,7 +51,7 @@ def parse_submit_all(stdout: str) -> dict[str, str]:
     return ids
 
 
-class SbatchBackend(Backend):
+class SbatchBackend(SlurmJobs):
     name = "sbatch"
 
     def submit(self, plan: LaunchPlan, manifest: Manifest) -> Manifest:
@@ -70,23 +70,3 @@ class SbatchBackend(Backend):
         if missing:
             raise RuntimeError(f"submit_all.sh printed no job id for {', '.join(missing)}: {proc.stdout!r}")
         return manifest
-
-    def refresh(self, manifest: Manifest) -> Manifest:
-        from launcher.executors.slurm import sacct_states  # one sacct parser for every Slurm backend
-
-        ids = [r.job_id for r in manifest.stages.values() if r.job_id]
-        if not ids:
-            return manifest
-        states = sacct_states(ids)
-        for r in manifest.stages.values():
-            if r.job_id in states:
-                r.state, r.exit_code = states[r.job_id]
-        manifest.save()
-        return manifest
-
-    def cancel(self, manifest: Manifest) -> list[str]:
-        self.refresh(manifest)
-        live = [r for r in manifest.stages.values() if r.job_id and r.state not in TERMINAL]
-        if live:
-            subprocess.run(["scancel", *[r.job_id for r in live if r.job_id]], check=True)
-        return [r.name for r in live]

@@ -56,7 +56,30 @@ def stage_task_command(stage: Stage) -> str:
     return f"bash {stage.job_script_path}"
 
 
-class NemoRunSlurm(Backend):
+class SlurmJobs(Backend):
+    """State and cancellation of stages that are Slurm jobs: shared by every Slurm backend (nemo_run, sbatch,
+    submitit), since each records plain Slurm job ids in the manifest."""
+
+    def refresh(self, manifest: Manifest) -> Manifest:
+        ids = [r.job_id for r in manifest.stages.values() if r.job_id]
+        if not ids:
+            return manifest
+        states = sacct_states(ids)
+        for r in manifest.stages.values():
+            if r.job_id in states:
+                r.state, r.exit_code = states[r.job_id]
+        manifest.save()
+        return manifest
+
+    def cancel(self, manifest: Manifest) -> list[str]:
+        self.refresh(manifest)
+        live = [r for r in manifest.stages.values() if r.job_id and r.state not in TERMINAL]
+        if live:
+            subprocess.run(["scancel", *[r.job_id for r in live if r.job_id]], check=True)
+        return [r.name for r in live]
+
+
+class NemoRunSlurm(SlurmJobs):
     name = "nemo-run-slurm"
 
     def submit(self, plan: LaunchPlan, manifest: Manifest) -> Manifest:
@@ -89,24 +112,6 @@ class NemoRunSlurm(Backend):
                 rec.log = str(Path(folder) / f"log-{job.executor.job_details.job_name}_{rec.job_id}_0.out")
         manifest.save()
         return manifest
-
-    def refresh(self, manifest: Manifest) -> Manifest:
-        ids = [r.job_id for r in manifest.stages.values() if r.job_id]
-        if not ids:
-            return manifest
-        states = sacct_states(ids)
-        for r in manifest.stages.values():
-            if r.job_id in states:
-                r.state, r.exit_code = states[r.job_id]
-        manifest.save()
-        return manifest
-
-    def cancel(self, manifest: Manifest) -> list[str]:
-        self.refresh(manifest)
-        live = [r for r in manifest.stages.values() if r.job_id and r.state not in TERMINAL]
-        if live:
-            subprocess.run(["scancel", *[r.job_id for r in live if r.job_id]], check=True)
-        return [r.name for r in live]
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from launcher.executors.base import TERMINAL, Backend
+from launcher.executors.slurm import SlurmJobs
 from launcher.manifest import Manifest
 from launcher.plan import LaunchPlan, Stage
 from launcher.sbatch import job_name, raw_srun_args, rendezvous_lines, task_command
@@ -131,7 +131,7 @@ class StageTask:
         return rc
 
 
-class SubmititBackend(Backend):
+class SubmititBackend(SlurmJobs):
     name = "submitit"
 
     def submit(self, plan: LaunchPlan, manifest: Manifest) -> Manifest:
@@ -156,24 +156,4 @@ class SubmititBackend(Backend):
             rec.log = str(job.paths.stdout)  # task 0's log (submitit writes one per task)
             manifest.save()
         return manifest
-
-    def refresh(self, manifest: Manifest) -> Manifest:
-        from launcher.executors.slurm import sacct_states
-
-        ids = [r.job_id for r in manifest.stages.values() if r.job_id]
-        if not ids:
-            return manifest
-        states = sacct_states(ids)
-        for r in manifest.stages.values():
-            if r.job_id in states:
-                r.state, r.exit_code = states[r.job_id]
-        manifest.save()
-        return manifest
-
-    def cancel(self, manifest: Manifest) -> list[str]:
-        self.refresh(manifest)
-        live = [r for r in manifest.stages.values() if r.job_id and r.state not in TERMINAL]
-        if live:
-            subprocess.run(["scancel", *[r.job_id for r in live if r.job_id]], check=True)
-        return [r.name for r in live]
 
