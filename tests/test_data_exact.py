@@ -195,3 +195,21 @@ def test_small_vocab_is_uint16(tmp_path) -> None:
     res = tokenize_jsonl([str(src)], str(d), str(tmp_path / "ours"), workers=1)
     assert read_index(res.outputs["text"]).dtype == np.uint16
     assert same_bytes(res.outputs["text"], ref)
+
+
+def test_merge_of_shard_group_jobs_equals_one_pass(tmp_path, llama31_tokenizer_dir, japanese_jsonl) -> None:
+    """Two tokenize jobs (shard groups, as on a cluster) + merge_datasets == one pass == Megatron."""
+    from launcher.data import merge_datasets
+
+    lines = read_lines(japanese_jsonl)
+    halves = [lines[:1234], lines[1234:]]
+    prefixes = []
+    for n, part in enumerate(halves):
+        src = tmp_path / f"g{n}.jsonl"
+        src.write_text("".join(part), encoding="utf-8")
+        prefixes.append(tokenize_jsonl([str(src)], str(llama31_tokenizer_dir), str(tmp_path / f"g{n}"),
+                                       workers=1).outputs["text"])
+    info = merge_datasets(prefixes, tmp_path / "all_text_document")
+    assert info.documents == len(lines)
+    assert same_bytes(str(tmp_path / "all_text_document"),
+                      megatron_classic(lines, llama31_tokenizer_dir, str(tmp_path / "ref")))

@@ -225,3 +225,25 @@ def iter_lengths(info: IndexInfo, chunk: int = _CHUNK) -> Iterable[np.ndarray]:
     """Sequence lengths in chunks (bounded memory)."""
     for start in range(0, info.sequences, chunk):
         yield np.asarray(info.lengths[start:start + chunk])
+
+
+def merge_datasets(prefixes: Iterable[str | os.PathLike[str]], output_prefix: str | os.PathLike[str]) -> IndexInfo:
+    """Concatenate datasets of one dtype into ``output_prefix`` (.bin then .idx, atomically).
+
+    The bytes equal tokenizing all their inputs in one pass, and megatron-core's
+    ``IndexedDatasetBuilder.add_index`` merge (tests check both): use it to join the outputs of
+    tokenize jobs that each handled a group of shards.
+    """
+    prefixes = [str(p) for p in prefixes]
+    if not prefixes:
+        raise ValueError("merge_datasets: no dataset to merge")
+    first = read_index(prefixes[0])
+    writer = IndexedWriter(output_prefix, first.dtype.type)
+    try:
+        for p in prefixes:
+            writer.append_dataset(p)
+        writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+    return read_index(output_prefix)
