@@ -259,3 +259,14 @@ def test_cli_json_keys_megatron_style_and_repeated() -> None:
     assert ap.parse_args(base + ["--json-keys", "text", "title"]).json_keys == ["text", "title"]
     assert ap.parse_args(base + ["--json-key", "text", "--json-key", "title"]).json_keys == ["text", "title"]
     assert ap.parse_args(base).json_keys is None  # run() uses ["text"]
+
+
+def test_fixture_that_cannot_be_built_fails_loudly(tmp_path, monkeypatch) -> None:
+    from tests.fixtures import real_data
+
+    monkeypatch.setenv("CPT_FIXTURE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no npm
+    with pytest.raises(real_data.FixtureError, match="npm"):
+        real_data.build_llama31_tokenizer(tmp_path / "tok")
+    with pytest.raises(real_data.FixtureError, match="apt-get install"):
+        real_data.build_japanese_jsonl(tmp_path / "ja.jsonl", source=tmp_path / "missing.txt.gz")
