@@ -170,7 +170,7 @@ def _plan_cmd(args: argparse.Namespace, argv: list[str]) -> int:
         d["problems"] = [p.to_json() for p in problems]
         print(json.dumps(d, indent=2))
     elif dry and args.cmd != "check":
-        sys.stdout.write(plan_summary(plan))
+        sys.stdout.write(plan_summary(plan, explanation=not (args.explain and plan.explain_table)))
         if args.explain and plan.explain_table:
             sys.stdout.write("\n" + plan.explain_table + "\n")
         for s in plan.stages:

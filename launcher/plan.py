@@ -445,8 +445,8 @@ def render_stage_script(*, run: str, stage: str, cmds: list[list[str]], env: dic
     return "\n".join(lines) + "\n"
 
 
-def plan_summary(plan: LaunchPlan) -> str:
-    """The human-readable part of a dry run."""
+def plan_summary(plan: LaunchPlan, explanation: bool = True) -> str:
+    """The human-readable part of a dry run (``explanation=False`` when the --explain table follows with it)."""
     p = plan.parallelism
     out = [
         f"cpt-launch {__version__} plan: run {plan.run} on {plan.cluster} ({plan.profile.executor}), "
@@ -462,7 +462,7 @@ def plan_summary(plan: LaunchPlan) -> str:
         m = plan.memory
         out.append(f"  memory      predicted peak {m.get('predicted_peak_gib')} GiB of {m.get('capacity_gib')} GiB "
                    f"per GPU ({m.get('strategy')}; {'fits' if m.get('fits') else 'DOES NOT FIT'})")
-    if plan.explanation:
+    if plan.explanation and explanation:
         out += ["  " + line for line in plan.explanation.splitlines()]
     out.append(f"  run dir     {plan.run_dir}")
     if plan.container_image:
