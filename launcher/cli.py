@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -363,11 +364,28 @@ def _print_log(rec: Any, backend: Any, manifest: Any, follow: bool) -> int:
             print(f"cpt-launch: stage {rec.name} has no log yet ({path}); state {rec.state}", file=sys.stderr)
             return EXIT_OK
         if not follow:
+            _print_other_tasks(path, manifest.stages[rec.name].state)
             return EXIT_OK
         manifest = backend.refresh(manifest)
         if manifest.stages[rec.name].state in TERMINAL and path.is_file() and path.stat().st_size == pos:
+            _print_other_tasks(path, manifest.stages[rec.name].state)
             return EXIT_OK
         time.sleep(1.0)
+
+
+def _print_other_tasks(path: Path, state: str, tail: int = 30) -> None:
+    """A failed submitit job: the error may be on any task (srun kills the rest once one exits non-zero), so
+    after task 0's log print the end of every other task's log (submitit names them ``<job>_<task>_log.out``)."""
+    m = re.fullmatch(r"(\d+)_0_log\.out", path.name)
+    if state == "COMPLETED" or m is None:
+        return
+    others = sorted(path.parent.glob(f"{m.group(1)}_*_log.out"), key=lambda p: int(p.name.split("_")[1]))
+    for other in others:
+        if other == path:
+            continue
+        lines = other.read_text("utf-8", "replace").splitlines()
+        print(f"--- task {other.name.split('_')[1]} ({other}), last {min(tail, len(lines))} lines ---")
+        print("\n".join(lines[-tail:]))
 
 
 if __name__ == "__main__":

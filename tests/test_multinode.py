@@ -508,7 +508,9 @@ def test_two_submissions_of_one_run_never_overlap(slurm_cluster: SlurmCluster, t
     assert loop.resumes()[-1][1:] == ("own_checkpoint", 15)
 
 
-def test_submitit_backend_config_error_is_not_requeued(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+def test_submitit_backend_config_error_is_not_requeued(slurm_cluster: SlurmCluster, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from launcher.cli import main
     from launcher.executors.submitit_backend import SubmititBackend
     from launcher.manifest import write_run_dir
 
@@ -520,4 +522,10 @@ def test_submitit_backend_config_error_is_not_requeued(slurm_cluster: SlurmClust
     assert wait_job(slurm_cluster, jid, loop.name, timeout=60) == "FAILED"
     time.sleep(2)
     assert [r["State"] for r in job_rows(slurm_cluster, jid, loop.name)] == ["FAILED"]
-    assert "configuration error (exit 2): not requeued" in Path(manifest.stages["train"].log).read_text()
+    # whichever task exited first (srun then kills the others), `cpt-launch logs` shows its error
+    logs = sorted(Path(manifest.stages["train"].log).parent.glob(f"{jid}_*_log.out"))
+    assert len(logs) == 2
+    assert any("configuration error (exit 2): not requeued" in p.read_text() for p in logs)
+    capsys.readouterr()
+    assert main(["logs", loop.plan.run_dir, "--stage", "train"]) == 0
+    assert "configuration error (exit 2): not requeued" in capsys.readouterr().out
