@@ -118,3 +118,20 @@ def test_download_offline_without_cache_explains(tmp_path: Path) -> None:
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert r.returncode == 2, r.stderr
     assert "HF_HUB_OFFLINE=1 and the model is not in the cache" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_logs_of_a_failed_submitit_job_show_the_other_tasks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """srun kills the other tasks once one exits non-zero: task 0's log may hold only 'Terminated' (seen in CI),
+    so the logs of a failed job end with every other task's tail; a completed job prints task 0 alone."""
+    from launcher.cli import _print_other_tasks
+
+    t0 = tmp_path / "29_0_log.out"
+    t0.write_text("submitit INFO - Starting\nslurmstepd: error: *** STEP 29.0 CANCELLED ***\nsrun: error: node1: Terminated\n")
+    (tmp_path / "29_1_log.out").write_text("RuntimeError: configuration error (exit 2): not requeued\n")
+    (tmp_path / "30_1_log.out").write_text("another job\n")
+    _print_other_tasks(t0, "FAILED")
+    out = capsys.readouterr().out
+    assert "--- task 1 (" in out and "configuration error (exit 2)" in out
+    assert "another job" not in out and "STEP 29.0" not in out
+    _print_other_tasks(t0, "COMPLETED")
+    assert capsys.readouterr().out == ""
