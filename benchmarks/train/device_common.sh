@@ -45,7 +45,12 @@ train() {
     fi
     if [ $done_ = 1 ] || [ $t -ge $tmo ]; then
       echo "[$(el)s] KILL $name after $n logged steps (t=${t}s, reached=$done_)" | tee -a $log
-      kill -9 -- -$pid 2>/dev/null; sleep 3; break
+      # torchrun starts its workers in their own sessions (start_new_session=True): killing torchrun's group
+      # leaves them running (call 4: the worker went on finalizing and deleting checkpoints after the "kill").
+      # Kill every process of this JobSpec and wait until none is left, so the kill is a real preemption.
+      kill -9 -- -$pid 2>/dev/null; pkill -9 -f -- "--jobspec $js" 2>/dev/null
+      local w=0; while pgrep -f -- "--jobspec $js" >/dev/null && [ $w -lt 60 ]; do sleep 1; w=$((w+1)); done
+      break
     fi
   done
   wait $pid 2>/dev/null; echo "[$(el)s] END $name rc=$? steps_logged=$( [ -f $stats ] && wc -l < $stats )" | tee -a $log
