@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, required=True, help="total steps")
     t.add_argument("--ckpt-every", type=int, default=5, help="checkpoint every K steps")
     t.add_argument("--step-seconds", type=float, default=0.2, help="time one step takes")
-    t.add_argument("--log", required=True, help="step log (rank 0 appends)")
+    t.add_argument("--log", "--step-log", dest="log", required=True,
+                   help="step log (rank 0 appends); --step-log under torchrun, whose parser takes --log for --log-dir")
     t.add_argument("--config-error", action="store_true", help="exit 2 at once, as a bad configuration does")
     return ap
 
