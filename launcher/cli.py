@@ -39,6 +39,9 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="model name (llama3.1-8b, llama3.2-1b, llama3.1-70b)")
     g.add_argument("--model-dir", help="an existing HF model directory (host path) instead of downloading")
     g.add_argument("--num-layers", type=int, help="train only this many layers (tests and benchmarks)")
+    g.add_argument("--random-init", action="store_true",
+                   help="benchmarks only: random weights instead of the base model (no download, no convert; the "
+                        "tokenizer is read from --model-dir): the loss is not continual pretraining")
     g.add_argument("--container-image", help="container image (overrides the profile's)")
     g.add_argument("--run-name", help="name of the run directory (default cpt-<cluster>-<time>)")
     g.add_argument("--ckpt-every", type=int, dest="ckpt_every_n_steps", help="checkpoint every N steps (default 15)")
@@ -144,6 +147,7 @@ def _overrides(args: argparse.Namespace) -> Any:
         container_image=args.container_image, run_name=args.run_name, num_layers=args.num_layers, tp=args.tp,
         pp=args.pp, cp=args.cp, recompute=args.recompute, optimizer_offload=args.optimizer_offload, peft=args.peft,
         fp8=args.fp8, attention=args.attention, ckpt_every_n_steps=args.ckpt_every_n_steps, resume=resume,
+        random_init=args.random_init,
     )
 
 

@@ -55,6 +55,7 @@ class Overrides:
     attention: Literal["te", "sdpa", "auto"] | None = None
     ckpt_every_n_steps: int | None = None
     resume: Literal["auto", "resume", "fresh"] = "auto"
+    random_init: bool = False  # benchmarks: random weights, no download/convert; the tokenizer from model_dir
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,8 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         valid_data=_blend([_to_job_path(p, profile) for p in valid_prefixes]),
         test_data=_blend([_to_job_path(p, profile) for p in valid_prefixes]),
         tokenizer_dir=model_dir_job,
-        base_checkpoint=nemo_ckpt_job,
+        base_checkpoint="" if ov.random_init else nemo_ckpt_job,
+        random_init=ov.random_init,
         checkpoint_dir=_to_job_path(ckpt_dir_host, profile),
         log_dir=_to_job_path(posixpath.join(run_dir, "train"), profile),
         run_name=run,
@@ -360,10 +362,13 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
                       str | None]] = [
         ("download", (), cpu_res(),
          [[py, "-m", "launcher.stages.download", "--repo", model.hf_repo, "--dest", model_dir_job]],
-         "none", {"model_dir": model_dir_host}, None),
+         "none", {"model_dir": model_dir_host},
+         f"--random-init: no base weights to fetch (the tokenizer is read from {model_dir_host})"
+         if ov.random_init else None),
         ("convert", ("download",), cpu_res(),
          [[py, "-m", "recipes.entry", "convert", "--jobspec", jobspec_job]],
-         "none", {"nemo_checkpoint": nemo_ckpt_host}, None),
+         "none", {"nemo_checkpoint": nemo_ckpt_host},
+         "--random-init: no base weights to convert" if ov.random_init else None),
         ("tokenize", ("download",), cpu_res(), tok_cmds, "none",
          {f"prefix_{i}": p + "_text_document" for i, (_, p) in enumerate(tokenize_jobs)},
          None if tokenize_jobs else "all --data items are prepared Megatron prefixes"),
@@ -452,7 +457,9 @@ def plan_summary(plan: LaunchPlan, explanation: bool = True) -> str:
         f"cpt-launch {__version__} plan: run {plan.run} on {plan.cluster} ({plan.profile.executor}), "
         f"{plan.nodes} node(s) x {plan.profile.hardware.gpus_per_node} GPU = {plan.gpus} GPU(s)",
         f"  model       {plan.model.name} ({plan.model.num_layers} layers), seq {plan.jobspec.train.seq_length}, "
-        f"steps {plan.jobspec.train.max_steps}",
+        f"steps {plan.jobspec.train.max_steps}"
+        + (", weights RANDOMLY INITIALISED (--random-init: a benchmark, not continual pretraining)"
+           if plan.jobspec.train.random_init else ""),
         f"  parallelism TP{p.tp} PP{p.pp} CP{p.cp} DP{p.dp}, MBS {p.mbs}, GBS {p.gbs} "
         f"(grad accumulation {p.grad_accum}), sequence parallel {'on' if p.sequence_parallel else 'off'}",
         f"  optimizer   AdamW lr {plan.jobspec.train.optim.lr:g} -> {plan.jobspec.train.optim.min_lr:g} cosine, "

@@ -175,6 +175,7 @@ class PreflightFacts:
     base_checkpoint: str = ""  # converted NeMo checkpoint train restores from
     download_planned: bool = False  # the download stage runs (fills hf_model_dir / tokenizer_dir)
     convert_planned: bool = False  # the convert stage runs (writes base_checkpoint)
+    random_init: bool = False  # --random-init (benchmarks): no base weights needed, only the tokenizer
     gated_repo: bool = True  # meta-llama repos are gated: downloading needs an accepted licence and a token
     hf_token_file: str = ""  # host path of huggingface-cli's token file, if one should count as a token
     checkpoint_dir: str = ""  # this run's own checkpoint directory
@@ -349,7 +350,7 @@ def check_model_files(facts: PreflightFacts, fs: FileSystemView) -> list[Problem
     model_dir = facts.hf_model_dir or facts.tokenizer_dir
     model_state = _dir_state(fs, facts, model_dir, hf_names) if model_dir else "ok"
     # the HF weights are needed when convert runs (or there is no converted checkpoint); the tokenizer always
-    model_needed = facts.convert_planned or not facts.base_checkpoint
+    model_needed = not facts.random_init and (facts.convert_planned or not facts.base_checkpoint)
     tok_state = _dir_state(fs, facts, facts.tokenizer_dir, tok_names) if facts.tokenizer_dir else "ok"
     download_fills_tok = bool(model_dir) and _is_under(facts.tokenizer_dir, model_dir)
     need_download = (model_needed and model_state != "ok") or (tok_state != "ok" and download_fills_tok)
@@ -533,6 +534,7 @@ def facts_from_plan(plan: Any, env: Mapping[str, str]) -> PreflightFacts:
         base_checkpoint=t.base_checkpoint,
         download_planned=active("download"),
         convert_planned=active("convert"),
+        random_init=bool(getattr(t, "random_init", False)),
         checkpoint_dir=t.checkpoint_dir,
         resume=getattr(plan, "resume", "auto"),
         predicted_peak_gib=float(mem.get("predicted_peak_gib", 0.0)),

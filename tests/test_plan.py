@@ -171,3 +171,21 @@ def test_planning_is_pure_and_independent_of_the_environment() -> None:
         outs.append(json.loads(r.stdout))
     assert outs[0]["events"] == [] and outs[0]["heavy"] == []
     assert outs[0]["plan"] == outs[1]["plan"]
+
+
+def test_random_init_skips_download_and_convert() -> None:
+    """--random-init (benchmarks): no base weights, so nothing to fetch or convert; train starts after tokenize,
+    the JobSpec says random_init with no base checkpoint, and the summary says it loudly."""
+    from launcher.plan import plan_summary
+
+    p = plan("workstation-48gb", random_init=True, num_layers=8, model_dir="/bench/tokenizer")
+    skipped = {s.name: s.skip_reason for s in p.stages if s.skip_reason}
+    assert set(skipped) == {"download", "convert"} and "/bench/tokenizer" in str(skipped["download"])
+    assert p.stage("train").depends_on == ("tokenize",)
+    t = p.jobspec.train
+    assert t.random_init and t.base_checkpoint == "" and t.tokenizer_dir == "/bench/tokenizer"
+    assert "RANDOMLY INITIALISED" in plan_summary(p)
+    normal = plan("workstation-48gb")
+    assert not normal.jobspec.train.random_init and normal.jobspec.train.base_checkpoint
+    assert not any(s.skip_reason for s in normal.stages if s.name in ("download", "convert"))
+    assert "RANDOMLY" not in plan_summary(normal)

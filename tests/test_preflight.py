@@ -330,3 +330,19 @@ def test_read_idx_on_the_data_stage_output(request: pytest.FixtureRequest) -> No
     assert Path(prefix + ".bin").stat().st_size == info.num_tokens * info.itemsize
     if hasattr(data, "count_tokens"):
         assert data.count_tokens(prefix) == info.num_tokens
+
+
+def test_random_init_needs_the_tokenizer_only(site: dict[str, Path]) -> None:
+    """--random-init: no HF weights (config.json) and no converted checkpoint are needed, the tokenizer still is."""
+    tok = site["models"] / "tok-only"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    f = facts(site, random_init=True, tokenizer_dir="/models/tok-only", hf_model_dir="/models/tok-only",
+              base_checkpoint="", download_planned=False, convert_planned=False)
+    assert not [p for p in run_preflight(f, FS) if p.severity == "error"]
+    # the same without --random-init: the base model is missing and nothing is planned to fetch it
+    w = by_where(run_preflight(dataclasses.replace(f, random_init=False), FS))
+    assert "no Hugging Face model" in w["hf_model_dir /models/tok-only"].message
+    # and with --random-init but no tokenizer either: the tokenizer error, naming the directory
+    f2 = dataclasses.replace(f, tokenizer_dir="/models/nowhere", hf_model_dir="/models/nowhere")
+    assert "GPT-2" in by_where(run_preflight(f2, FS))["tokenizer_dir /models/nowhere"].message

@@ -74,3 +74,20 @@ def test_under_slurm_the_trainer_checkpoints_on_usr1_and_leaves_requeue_to_the_s
     assert cbs["PreemptionCallback"].sig == signal.SIGUSR1
     envs = [p for p in fdl.build(r.trainer.plugins) if type(p).__name__ == "SLURMEnvironment"]
     assert len(envs) == 1 and envs[0].auto_requeue is False
+
+
+def test_random_init_plan_builds_a_recipe_without_base_weights(tmp_path: Path) -> None:
+    """--random-init (the GPU benchmarks' path through the launcher): the recipe keeps resume_if_exists for the
+    run's own checkpoints but restores no base weights, and the job-side validation accepts it."""
+    plan = build_plan(load_profile("workstation-48gb"),
+                      Overrides(random_init=True, num_layers=8, model_dir="/bench/tokenizer", max_steps=40, gbs=8),
+                      PlanContext(code_dir="/src", command="test", run_name="r"))
+    t = plan.jobspec.train
+    attention = cpt.resolve_attention(t)
+    r = cpt.train_recipe(t, attention)
+    assert not [c for c in cpt.train_recipe_checks(r, t, attention) if not c.ok]
+    assert r.resume.resume_if_exists and r.resume.restore_config is None
+    assert r.model.config.num_layers == 8 and r.data.tokenizer.pretrained_model_name == "/bench/tokenizer"
+    js = tmp_path / "jobspec.json"
+    js.write_text(plan.jobspec.to_json())
+    assert entry_main(["train", "--jobspec", str(js), "--validate-only"]) == 0
