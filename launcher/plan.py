@@ -427,6 +427,11 @@ def _to_job_path(host_path: str, profile: ClusterProfile) -> str:
     return best[1].rstrip("/") + host_path[len(best[0]):]
 
 
+# Search paths a stage extends rather than replaces: NGC containers and source installs of NeMo/Megatron-LM set
+# PYTHONPATH themselves, and a job that lost it would fail to import NeMo.
+PREPENDED_PATHS = frozenset({"PYTHONPATH"})
+
+
 def render_stage_script(*, run: str, stage: str, cmds: list[list[str]], env: dict[str, str],
                         secrets: tuple[str, ...], workdir: str, command: str) -> str:
     """The bash script a stage's task runs. Values are quoted; secrets are only named, never written."""
@@ -439,7 +444,10 @@ def render_stage_script(*, run: str, stage: str, cmds: list[list[str]], env: dic
         "",
     ]
     for k in sorted(env):
-        lines.append(f"export {k}={shlex.quote(env[k])}")
+        if k in PREPENDED_PATHS:  # ours first, and what the environment (container image, user) set stays
+            lines.append(f"export {k}={shlex.quote(env[k])}\"${{{k}:+:${{{k}}}}}\"")
+        else:
+            lines.append(f"export {k}={shlex.quote(env[k])}")
     if secrets:
         lines.append("# Secrets are inherited from the submitting environment, by name only: " + " ".join(secrets))
     lines.append(f"cd {shlex.quote(workdir)}")

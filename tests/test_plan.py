@@ -189,3 +189,18 @@ def test_random_init_skips_download_and_convert() -> None:
     assert not normal.jobspec.train.random_init and normal.jobspec.train.base_checkpoint
     assert not any(s.skip_reason for s in normal.stages if s.name in ("download", "convert"))
     assert "RANDOMLY" not in plan_summary(normal)
+
+
+@pytest.mark.parametrize("inherited,expected", [(None, "/code"), ("/opt/megatron-lm:/x y", "/code:/opt/megatron-lm:/x y")])
+def test_stage_scripts_prepend_to_pythonpath(tmp_path: Path, inherited: str | None, expected: str) -> None:
+    """A stage puts the launcher's code first on PYTHONPATH and keeps what the image or the user set (NGC images
+    and source installs of NeMo/Megatron-LM rely on it); unset, it stays clean under `set -u`."""
+    from launcher.plan import render_stage_script
+
+    script = tmp_path / "s.sh"
+    script.write_text(render_stage_script(
+        run="r", stage="train", cmds=[[sys.executable, "-c", "import os; print(os.environ['PYTHONPATH'])"]],
+        env={"PYTHONPATH": "/code", "PYTHONUNBUFFERED": "1"}, secrets=(), workdir=str(tmp_path), command="t"))
+    env = {"PATH": os.environ["PATH"], **({"PYTHONPATH": inherited} if inherited is not None else {})}
+    out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == expected
