@@ -247,7 +247,10 @@ def _preflight(plan: Any, args: argparse.Namespace) -> list[Problem]:
     from launcher import preflight
 
     dry = args.cmd == "plan" or getattr(args, "dry_run", False)
-    return list(preflight.check_plan(plan, env=dict(os.environ), filesystem=not dry))
+    problems = list(preflight.check_plan(plan, env=dict(os.environ), filesystem=not dry))
+    if not dry:
+        problems += preflight.check_job_python(plan, dict(os.environ))
+    return [p for p in problems if p.severity == "error"] + [p for p in problems if p.severity != "error"]
 
 
 def backend_for(plan: Any, choice: str = "auto") -> str:

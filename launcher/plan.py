@@ -287,6 +287,8 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         optim=Optim(),
         seq_length=seq,
         max_steps=max_steps,
+        # the seed validates every 15 steps; a shorter run validates once, at its end (Lightning refuses more)
+        val_check_interval=min(15, max_steps),
         ckpt_every_n_steps=ov.ckpt_every_n_steps or 15,
         fp8=ov.fp8,
         recompute=choice.recompute,

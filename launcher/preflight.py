@@ -547,8 +547,14 @@ def facts_from_plan(plan: Any, env: Mapping[str, str]) -> PreflightFacts:
 
 def check_plan(plan: Any, env: Mapping[str, str], fs: FileSystemView | None = None, *,
                filesystem: bool = True) -> list[Problem]:
-    """Pre-flight of a whole ``LaunchPlan``: what ``cpt-launch`` runs before submitting and ``cpt-launch check``."""
-    return run_preflight(facts_from_plan(plan, env), fs, filesystem=filesystem)
+    """Pre-flight of a whole ``LaunchPlan``: what ``cpt-launch`` runs before submitting and ``cpt-launch check``.
+    Includes the job's own spec checks (``launcher.specchecks``): what the job would refuse after the queue wait
+    is refused here."""
+    from launcher.specchecks import train_spec_problems
+
+    t = plan.jobspec.train
+    spec = train_spec_problems(t, t.attention if t.attention in ("te", "sdpa") else None)
+    return run_preflight(facts_from_plan(plan, env), fs, filesystem=filesystem) + spec
 
 
 def _divs(n: int) -> str:
@@ -557,3 +563,60 @@ def _divs(n: int) -> str:
 
 def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
+
+
+# What each stage's Python must be able to import (top-level packages: finding them imports nothing heavy).
+STAGE_MODULES: dict[str, tuple[str, ...]] = {
+    "download": ("huggingface_hub",),
+    "convert": ("torch", "nemo", "megatron.core", "lightning"),
+    "tokenize": ("numpy", "tokenizers"),
+    "train": ("torch", "nemo", "megatron.core", "lightning"),
+    "export": ("torch", "nemo", "megatron.core", "lightning"),
+}
+_PROBE = ("import importlib.util as u, sys\n"
+          "def ok(m):\n"
+          "    try:\n"
+          "        return u.find_spec(m) is not None\n"
+          "    except (ImportError, ValueError):\n"
+          "        return False\n"
+          "print(' '.join(m for m in sys.argv[1:] if not ok(m)))\n")
+
+
+def check_job_python(plan: Any, env: Mapping[str, str]) -> list[Problem]:
+    """Local and torchrun profiles run the stages with the ``python3`` (and ``torchrun``) on the submitting shell's
+    PATH, not in a container: probe that interpreter for what the active stages import (~0.1 s, nothing heavy is
+    imported). Container and Slurm profiles are not probed: their Python is the image's."""
+    import shutil
+    import subprocess
+
+    if getattr(plan.profile, "container", None) is not None or plan.profile.executor not in ("local", "torchrun"):
+        return []
+    path = env.get("PATH", "")
+    out: list[Problem] = []
+    stages = [s for s in plan.stages if s.skip_reason is None]
+    python = stages[0].command[0] if stages and stages[0].command and stages[0].command[0] != "torchrun" \
+        else "python3"
+    exe = shutil.which(python, path=path)
+    if exe is None:
+        return [Problem("error", "job python", f"{python}: not found on PATH ({path}); the stages run with it; "
+                                               "fix: activate the environment that has NeMo")]
+    need = sorted({m for s in stages for m in STAGE_MODULES.get(s.name, ())})
+    try:
+        r = subprocess.run([exe, "-c", _PROBE, *need], capture_output=True, text=True, timeout=60,
+                           env={**env, **plan.env, "PYTHONPATH": plan.env.get("PYTHONPATH", "")
+                                + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")})
+        missing = r.stdout.split() if r.returncode == 0 else need
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [Problem("error", "job python", f"{exe}: does not run ({e})")]
+    for s in stages:
+        lack = [m for m in STAGE_MODULES.get(s.name, ()) if m in missing]
+        if lack:
+            out.append(Problem("error", f"job python ({s.name} stage)",
+                               f"{exe} cannot import {', '.join(lack)}; the {s.name} stage runs with it (this "
+                               "profile has no container: the stages use the python3 on PATH when cpt-launch "
+                               "starts); fix: activate the environment with NeMo (pip install -e '.[nemo,data]' or "
+                               "the NeMo container's Python), or use a container profile (local-docker)"))
+    if any(s.launcher == "torchrun" for s in stages) and shutil.which("torchrun", path=path) is None:
+        out.append(Problem("error", "job torchrun", f"torchrun: not found on PATH ({path}); the train stage starts "
+                                                    "with it; fix: activate the environment with torch"))
+    return out

@@ -204,3 +204,26 @@ def test_stage_scripts_prepend_to_pythonpath(tmp_path: Path, inherited: str | No
     env = {"PATH": os.environ["PATH"], **({"PYTHONPATH": inherited} if inherited is not None else {})}
     out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == expected
+
+
+def test_short_runs_validate_at_their_end() -> None:
+    """The seed validates every 15 steps; Lightning refuses an interval above the run's steps (found on the H200
+    after minutes of setup), so a shorter run validates once, at its last step."""
+    assert plan(max_steps=4).jobspec.train.val_check_interval == 4
+    assert plan(max_steps=150).jobspec.train.val_check_interval == 15
+
+
+def test_the_jobs_own_spec_checks_run_before_submission() -> None:
+    """What recipes.entry would refuse inside the job is refused by the pre-flight, before the queue."""
+    import dataclasses
+
+    from launcher.preflight import check_plan
+
+    p = plan(nodes=1, max_steps=10)
+    assert not [x for x in check_plan(p, {}, filesystem=False) if x.where.startswith("jobspec")
+                and x.severity == "error"]
+    t = dataclasses.replace(p.jobspec.train, val_check_interval=20, ckpt_keep=0)
+    bad = dataclasses.replace(p, jobspec=dataclasses.replace(p.jobspec, train=t))
+    errors = {x.where: x.message for x in check_plan(bad, {}, filesystem=False) if x.severity == "error"}
+    assert "20 > max_steps=10" in errors["jobspec train.val_check_interval"]
+    assert "ckpt_keep must be >= 1" in errors["jobspec train.ckpt_every_n_steps"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import sys
 from array import array
 from pathlib import Path
 
@@ -346,3 +347,60 @@ def test_random_init_needs_the_tokenizer_only(site: dict[str, Path]) -> None:
     # and with --random-init but no tokenizer either: the tokenizer error, naming the directory
     f2 = dataclasses.replace(f, tokenizer_dir="/models/nowhere", hf_model_dir="/models/nowhere")
     assert "GPT-2" in by_where(run_preflight(f2, FS))["tokenizer_dir /models/nowhere"].message
+
+
+def _local_plan(tmp_path: Path, profile: str):  # type: ignore[no-untyped-def]
+    from launcher.plan import Overrides, PlanContext, build_plan
+    from launcher.profiles import load_profile
+
+    prof = load_profile(str(Path(__file__).resolve().parent.parent / "clusters" / f"{profile}.yaml"))
+    ov = Overrides(data=("ja/*.jsonl",), valid_data=("ja/valid.jsonl",), model_dir=str(tmp_path / "m"))
+    return build_plan(prof, ov, PlanContext(code_dir=str(Path(__file__).resolve().parent.parent), command="t",
+                                            run_name="t1"))
+
+
+def _path_with_python(bin_dir: Path) -> str:
+    """PATH with this environment's bin directory first (a symlink elsewhere would lose the venv: Python finds
+    pyvenv.cfg next to the path it was started from)."""
+    assert (bin_dir / "python3").exists(), bin_dir
+    return f"{bin_dir}:/usr/bin:/bin"
+
+
+@pytest.mark.parametrize("profile", ["workstation-48gb", "single-node"])
+def test_a_job_python_without_nemo_is_refused_before_the_run(tmp_path: Path, profile: str) -> None:
+    """Local profiles run the stages with the python3 on PATH: a bare virtualenv (no NeMo, no numpy) is an error
+    for every stage that needs them, named with the interpreter's path; single-node also needs torchrun."""
+    import subprocess
+
+    from launcher.preflight import check_job_python
+
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    path = _path_with_python(bare / "bin")
+    problems = {p.where: p.message for p in check_job_python(_local_plan(tmp_path, profile), {"PATH": path})}
+    assert "cannot import torch, nemo, megatron.core, lightning" in problems["job python (train stage)"]
+    assert "cannot import numpy, tokenizers" in problems["job python (tokenize stage)"]
+    assert "huggingface_hub" in problems["job python (download stage)"]
+    assert str(bare / "bin" / "python3") in problems["job python (train stage)"]
+    assert ("job torchrun" in problems) is (profile == "single-node")
+    # no python3 at all on PATH
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "not found on PATH" in check_job_python(_local_plan(tmp_path, profile), {"PATH": str(empty)})[0].message
+
+
+def test_container_and_slurm_profiles_are_not_probed(tmp_path: Path) -> None:
+    from launcher.preflight import check_job_python
+
+    for profile in ("dgx-h100", "local-docker"):
+        assert check_job_python(_local_plan(tmp_path, profile), {"PATH": "/nonexistent"}) == []
+
+
+def test_the_environment_with_nemo_passes(tmp_path: Path) -> None:
+    """This test's own interpreter, when it has NeMo and the data extra (CI installs both), passes the probe."""
+    pytest.importorskip("nemo", reason="needs the [nemo] extra")
+    pytest.importorskip("tokenizers", reason="needs the [data] extra")
+    from launcher.preflight import check_job_python
+
+    path = _path_with_python(Path(sys.executable).parent)
+    assert check_job_python(_local_plan(tmp_path, "workstation-48gb"), {"PATH": path}) == []
