@@ -250,6 +250,7 @@ def _preflight(plan: Any, args: argparse.Namespace) -> list[Problem]:
     problems = list(preflight.check_plan(plan, env=dict(os.environ), filesystem=not dry))
     if not dry:
         problems += preflight.check_job_python(plan, dict(os.environ))
+        problems += preflight.check_local_gpus(plan, dict(os.environ))
     return [p for p in problems if p.severity == "error"] + [p for p in problems if p.severity != "error"]
 
 

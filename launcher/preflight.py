@@ -620,3 +620,41 @@ def check_job_python(plan: Any, env: Mapping[str, str]) -> list[Problem]:
         out.append(Problem("error", "job torchrun", f"torchrun: not found on PATH ({path}); the train stage starts "
                                                     "with it; fix: activate the environment with torch"))
     return out
+
+
+def check_local_gpus(plan: Any, env: Mapping[str, str]) -> list[Problem]:
+    """Profiles that train on this machine (local, torchrun, docker): the GPUs the plan uses must be here, as
+    ``nvidia-smi -L`` lists them and ``CUDA_VISIBLE_DEVICES`` narrows them -- found now, not after the CPU stages
+    have run for an hour."""
+    import shutil
+    import subprocess
+
+    if plan.profile.executor not in ("local", "torchrun", "docker"):
+        return []
+    docker = getattr(plan.profile, "docker", None)
+    if plan.profile.executor == "docker" and (docker is None or not docker.runtime):
+        return []  # a container without a GPU runtime (CPU test setups): nothing on this host to count
+    train = next((s for s in plan.stages if s.name == "train" and s.skip_reason is None), None)
+    if train is None:
+        return []
+    need = plan.profile.hardware.gpus_per_node
+    smi = shutil.which("nvidia-smi", path=env.get("PATH", ""))
+    if smi is None:
+        return [Problem("error", "GPUs", f"the train stage needs {need} NVIDIA GPU(s) on this machine, and "
+                                         "nvidia-smi is not on PATH (no NVIDIA driver?); fix: run cpt-launch on the GPU "
+                                         "machine, or use a Slurm profile")]
+    try:
+        r = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30, env=dict(env))
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [Problem("error", "GPUs", f"{smi} -L does not run ({e})")]
+    listed = [ln for ln in r.stdout.splitlines() if ln.startswith("GPU ")]
+    have = len(listed)
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None and plan.profile.executor != "docker":  # docker --gpus ignores the host's variable
+        have = min(have, len([x for x in cvd.split(",") if x.strip() and not x.strip().startswith("-")]))
+    if r.returncode != 0 or have < need:
+        seen = f"{len(listed)} listed by nvidia-smi" + (f", CUDA_VISIBLE_DEVICES={cvd!r}" if cvd is not None else "")
+        return [Problem("error", "GPUs", f"the train stage needs {need} GPU(s) ({plan.profile.name}: gpus_per_node="
+                                         f"{need}) but {have} are usable here ({seen}); fix: free or expose the GPUs, "
+                                         "or use a profile with fewer gpus_per_node")]
+    return []

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 import sys
 from array import array
@@ -404,3 +405,34 @@ def test_the_environment_with_nemo_passes(tmp_path: Path) -> None:
 
     path = _path_with_python(Path(sys.executable).parent)
     assert check_job_python(_local_plan(tmp_path, "workstation-48gb"), {"PATH": path}) == []
+
+
+def _fake_nvidia_smi(bin_dir: Path, gpus: int) -> str:
+    """The one stand-in here: this machine has no NVIDIA GPU, so `nvidia-smi -L` is a script listing ``gpus``."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + "".join(f'echo "GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i:08d})"\n'
+                                           for i in range(gpus)))
+    smi.chmod(0o755)
+    return f"{bin_dir}:/usr/bin:/bin"
+
+
+def test_local_training_needs_the_gpus_here(tmp_path: Path) -> None:
+    """Found before the CPU stages run for an hour: no driver, too few GPUs, CUDA_VISIBLE_DEVICES narrowing."""
+    import shutil
+
+    from launcher.preflight import check_local_gpus
+
+    ws, sn = _local_plan(tmp_path, "workstation-48gb"), _local_plan(tmp_path, "single-node")
+    if shutil.which("nvidia-smi") is None:  # this machine, for real: no driver at all
+        p = check_local_gpus(ws, {"PATH": os.environ.get("PATH", "")})
+        assert len(p) == 1 and "nvidia-smi is not on PATH" in p[0].message
+    assert check_local_gpus(ws, {"PATH": _fake_nvidia_smi(tmp_path / "one", 1)}) == []
+    eight = _fake_nvidia_smi(tmp_path / "eight", 8)
+    assert check_local_gpus(sn, {"PATH": eight}) == []
+    p = check_local_gpus(sn, {"PATH": _fake_nvidia_smi(tmp_path / "four", 4)})
+    assert "needs 8 GPU(s)" in p[0].message and "4 are usable here (4 listed by nvidia-smi)" in p[0].message
+    p = check_local_gpus(sn, {"PATH": eight, "CUDA_VISIBLE_DEVICES": "0,1"})
+    assert "2 are usable here" in p[0].message and "CUDA_VISIBLE_DEVICES='0,1'" in p[0].message
+    # Slurm profiles are never probed on the login node
+    assert check_local_gpus(_local_plan(tmp_path, "dgx-h100"), {"PATH": ""}) == []
