@@ -423,14 +423,15 @@ def check_checkpoint_dir(facts: PreflightFacts, fs: FileSystemView) -> list[Prob
         return [Problem("error", f"checkpoint_dir {facts.checkpoint_dir}",
                         f"not visible inside the container (mounts: {_mount_hint(facts)})")]
     has = fs.is_dir(host) and bool(_safe_listdir(fs, host))
+    start = "random weights (--random-init)" if facts.random_init else "the base weights"
     if has and facts.resume in (None, "auto"):
         return [Problem("error", "--resume/--fresh",
                         f"{host} already holds checkpoints; decide: --resume (continue from the latest "
                         "one) or --fresh (the run directory is moved aside to <dir>.<timestamp>, never deleted, and "
-                        "training starts from the base weights)")]
+                        f"training starts from {start})")]
     if facts.resume == "resume" and not has:
         return [Problem("warning", f"checkpoint_dir {facts.checkpoint_dir}",
-                        f"resume asked, but {host} holds no checkpoint: training starts from the base weights")]
+                        f"resume asked, but {host} holds no checkpoint: training starts from {start}")]
     if facts.resume == "fresh" and has:
         return [Problem("warning", f"checkpoint_dir {facts.checkpoint_dir}",
                         f"--fresh: {host} is moved aside (with its run directory) before anything is submitted")]
