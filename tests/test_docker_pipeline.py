@@ -58,3 +58,74 @@ def test_stage_runs_inside_a_docker_container(docker_image: str, tmp_path: Path)
     for f in run_dir.rglob("*"):
         if f.is_file():
             assert SECRET not in f.read_text(errors="replace"), f
+
+
+def _docker_submit(plan: Any) -> None:  # the launcher process (forked)
+    from launcher.executors.local import NemoRunLocal
+    from launcher.manifest import write_run_dir
+
+    backend = NemoRunLocal(docker=True)
+    backend.submit(plan, write_run_dir(plan, backend.name))
+    os._exit(0)
+
+
+def test_cancel_stops_the_stage_inside_the_container(docker_image: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cpt-launch cancel RUN` of a run whose stage runs in a container: the processes are found by the
+    CPT_RUN_DIR their stage script exports (the container's path), stopped, and the container is gone."""
+    import dataclasses
+    import multiprocessing
+    import time
+
+    from launcher.cli import main
+    from launcher.executors.local import NemoRunLocal
+    from launcher.plan import Overrides, PlanContext, build_plan, render_stage_script
+    from launcher.profiles import parse_profile
+
+    text = (REPO / "clusters" / "local-docker.yaml").read_text()
+    text = (text.replace("/data/cpt", str(tmp_path)).replace("nvcr.io/nvidia/nemo:25.02.01", docker_image)
+            .replace("runtime: nvidia", "runtime: null").replace("num_gpus: -1", "num_gpus: 0")
+            .replace('ulimits: ["memlock:-1", "stack:67108864"]', "ulimits: []"))
+    for d in ("runs", "data", "models", "hf_cache"):
+        (tmp_path / d).mkdir()
+    profile = parse_profile(text, str(tmp_path / "docker.yaml"))
+    run = f"dkcancel-{os.getpid()}"
+    plan = build_plan(profile, Overrides(run_name=run, data=("ja_text_document",),
+                                         valid_data=("ja_text_document",), max_steps=2, gbs=8, seq_length=256),
+                      PlanContext(code_dir=str(REPO), command="pytest", run_name=run))
+    steps_job = f"{plan.job_run_dir}/steps.log"  # the container's view of the run dir
+    loop = ["python3", "-c", "import sys, time\nwhile True:\n    open(sys.argv[1], 'a').write('step\\n')\n"
+                             "    time.sleep(0.2)\n", steps_job]
+    train = plan.stage("train")
+    script = render_stage_script(run=plan.run, stage="train", cmds=[loop], env=dict(plan.env), secrets=(),
+                                 workdir=plan.job_run_dir, command="pytest")
+    plan = dataclasses.replace(plan, stages=(dataclasses.replace(train, script=script, command=tuple(loop),
+                                                                 depends_on=()),))
+    steps = Path(plan.run_dir) / "steps.log"
+    before = set(subprocess.run(["docker", "ps", "-q"], capture_output=True, text=True).stdout.split())
+    monkeypatch.setattr(NemoRunLocal, "grace_s", 10.0)
+    child = multiprocessing.get_context("fork").Process(target=_docker_submit, args=(plan,))
+    child.start()
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (steps.exists() and len(steps.read_text().splitlines()) >= 3):
+            assert child.is_alive(), "the launcher ended before the stage ran"
+            time.sleep(0.5)
+        assert steps.exists() and len(steps.read_text().splitlines()) >= 3, "the stage never ran in the container"
+        ours = set(subprocess.run(["docker", "ps", "-q"], capture_output=True, text=True).stdout.split()) - before
+        assert ours, "no container of this run is running"
+        assert main(["cancel", plan.run_dir]) == 0
+        child.join(60)
+        assert not child.is_alive() and child.exitcode == 0
+        running = set(subprocess.run(["docker", "ps", "-q"], capture_output=True, text=True).stdout.split())
+        assert not (ours & running), "the run's container is still running"
+        n = len(steps.read_text().splitlines())
+        time.sleep(1.0)
+        assert len(steps.read_text().splitlines()) == n
+        st = json.loads((Path(plan.run_dir) / "manifest.json").read_text())
+        assert st["stages"]["train"]["state"] == "CANCELLED"
+    finally:
+        if child.is_alive():
+            child.kill()
+        for cid in set(subprocess.run(["docker", "ps", "-q"], capture_output=True, text=True).stdout.split()) - before:
+            subprocess.run(["docker", "kill", cid], capture_output=True)
