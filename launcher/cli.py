@@ -251,6 +251,8 @@ def _preflight(plan: Any, args: argparse.Namespace) -> list[Problem]:
     if not dry:
         problems += preflight.check_job_python(plan, dict(os.environ))
         problems += preflight.check_local_gpus(plan, dict(os.environ))
+        if not getattr(args, "emit_sbatch", None):  # --emit-sbatch may write the scripts far from the cluster
+            problems += preflight.check_slurm_request(plan, dict(os.environ))
     return [p for p in problems if p.severity == "error"] + [p for p in problems if p.severity != "error"]
 
 

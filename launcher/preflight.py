@@ -659,3 +659,50 @@ def check_local_gpus(plan: Any, env: Mapping[str, str]) -> list[Problem]:
                                          f"{need}) but {have} are usable here ({seen}); fix: free or expose the GPUs, "
                                          "or use a profile with fewer gpus_per_node")]
     return []
+
+
+_TEST_ONLY_SKIP = ("--output=", "--open-mode=", "--dependency=", "--job-name=")
+
+
+def check_slurm_request(plan: Any, env: Mapping[str, str]) -> list[Problem]:
+    """Ask the cluster itself: ``sbatch --test-only`` with each stage's own ``#SBATCH`` options (the same
+    ``launcher.sbatch.sbatch_directives`` the sbatch backend writes; the nemo_run and submitit backends request the
+    same resources). Slurm answers without queueing anything; a partition, account, QOS, GRES, node count or time
+    limit it would refuse is an error now instead of after the submission. Needs sbatch on PATH (a login node)."""
+    import shutil
+    import subprocess
+
+    from launcher.errors import ConfigError
+    from launcher.sbatch import sbatch_directives
+
+    if plan.profile.executor != "slurm":
+        return []
+    sbatch = shutil.which("sbatch", path=env.get("PATH", ""))
+    if sbatch is None:
+        return [Problem("error", "slurm", "sbatch is not on PATH: the profile submits to Slurm, from a login node; "
+                                          "fix: run cpt-launch where sbatch works, or write the scripts with "
+                                          "--emit-sbatch DIR and submit them there")]
+    out: list[Problem] = []
+    asked: dict[tuple[str, ...], str] = {}
+    for stage in (s for s in plan.stages if s.skip_reason is None):
+        try:
+            opts = tuple(o for o in sbatch_directives(plan, stage) if not o.startswith(_TEST_ONLY_SKIP))
+        except ConfigError as e:
+            out += e.problems
+            continue
+        if opts in asked:  # the CPU stages ask for the same: one answer serves them all
+            continue
+        try:
+            r = subprocess.run([sbatch, "--test-only", *opts], input="#!/bin/sh\ntrue\n", capture_output=True,
+                               text=True, timeout=60, env=dict(env))
+            refused = r.returncode != 0
+            said = " ".join(ln.strip() for ln in r.stderr.splitlines() if ln.strip()) or f"exit {r.returncode}"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            refused, said = True, str(e)
+        asked[opts] = said
+        if refused:
+            out.append(Problem("error", f"slurm ({stage.name} stage)",
+                               f"Slurm refuses {' '.join(opts)}: {said}; fix: the profile's slurm: section "
+                               f"({plan.profile.name}: partition, account, qos, gres, time) or --nodes, checked "
+                               "against `sinfo -s` and `sacctmgr show assoc user=$USER`"))
+    return out
