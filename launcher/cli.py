@@ -279,11 +279,18 @@ def _submit(plan: Any, args: argparse.Namespace) -> int:
     print(f"[cpt-launch] run {plan.run}: {plan.run_dir} ({backend.name})", file=sys.stderr)
     try:
         manifest = backend.submit(plan, manifest)
-    except KeyboardInterrupt:
-        print("[cpt-launch] interrupted", file=sys.stderr)
-        return EXIT_SUBMIT
-    except Exception as e:  # the scheduler or nemo_run said no: report it, keep the run dir for inspection
-        print(f"cpt-launch: submission failed: {type(e).__name__}: {e}", file=sys.stderr)
+    except (KeyboardInterrupt, Exception) as e:  # the scheduler or nemo_run said no, or Ctrl-C, part-way through
+        why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        print(f"cpt-launch: submission failed: {why}", file=sys.stderr)
+        # no stage of a half-submitted pipeline may run: withdraw what was already queued
+        withdrawn = backend.rollback(plan)
+        for r in manifest.stages.values():
+            if r.state == "PENDING":
+                r.state = "CANCELLED"
+        manifest.save()
+        print(f"[cpt-launch] withdrew the jobs already queued: {', '.join(withdrawn)}" if withdrawn else
+              "[cpt-launch] nothing of this run was left queued", file=sys.stderr)
+        print(f"[cpt-launch] the run directory stays for inspection: {plan.run_dir}", file=sys.stderr)
         return EXIT_SUBMIT
     print(f"run {plan.run}")
     for name, rec in manifest.stages.items():

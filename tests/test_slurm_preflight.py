@@ -71,3 +71,54 @@ def test_cli_check_reports_it(slurm_cluster: SlurmCluster, tmp_path: Path) -> No
                        text=True, cwd=REPO, env=slurm_cluster.env, timeout=120)
     assert r.returncode == 2
     assert "slurm (train stage): error: Slurm refuses" in r.stderr and "Invalid partition name" in r.stderr
+
+
+@pytest.mark.parametrize("backend", ["nemo-run", "submitit"])
+def test_a_submission_that_fails_part_way_leaves_nothing_queued(slurm_cluster: SlurmCluster, tmp_path: Path,
+                                                                 backend: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The last stage's request is refused by sbatch after the first four were queued (a partition that vanished
+    between pre-flight and submission): the CLI withdraws the four, so no stage of a half-submitted pipeline runs,
+    and the manifest says so."""
+    import argparse
+    import dataclasses
+    import json
+    import time
+
+    from launcher.cli import EXIT_SUBMIT, _submit
+
+    plan = plan_for(tmp_path, 2)
+    run = f"half-{backend}-{os.getpid()}-{int(time.time()) % 100000}"
+    plan = dataclasses.replace(plan, run=run, run_dir=str(tmp_path / "runs" / run),
+                               job_run_dir=str(tmp_path / "runs" / run))
+    stages = tuple(dataclasses.replace(s, depends_on=())
+                   if s.name != "export" else
+                   dataclasses.replace(s, depends_on=(), resources=dataclasses.replace(s.resources,
+                                                                                       partition="vanished"))
+                   for s in plan.stages)
+    # no afterok chain: the first four would start at once if they stayed queued
+    plan = dataclasses.replace(plan, stages=stages)
+    # hold them so they cannot start before the rollback (a real queue wait)
+    slurm_cluster.run("scontrol", "update", "PartitionName=cpu", "State=DOWN")
+    slurm_cluster.run("scontrol", "update", "PartitionName=gpu", "State=DOWN")
+    try:
+        rc = _submit(plan, argparse.Namespace(backend=backend, wait=False))
+    finally:
+        slurm_cluster.run("scontrol", "update", "PartitionName=cpu", "State=UP")
+        slurm_cluster.run("scontrol", "update", "PartitionName=gpu", "State=UP")
+    err = capsys.readouterr().err
+    assert rc == EXIT_SUBMIT and "submission failed" in err
+    assert "withdrew the jobs already queued" in err
+    queued = slurm_cluster.run("squeue", "-h", "-o", "%j").stdout.split()
+    assert not [n for n in queued if n.startswith(run + ".")], queued
+    names = ",".join(f"{run}.{s}" for s in ("download", "convert", "tokenize", "train"))
+    states: dict[str, str] = {}
+    for _ in range(40):  # slurmdbd records the cancelled jobs a moment later
+        rows = slurm_cluster.run("sacct", "-n", "-X", "-P", "--format=JobName,State", "--name", names).stdout
+        states = {ln.split("|")[0]: ln.split("|")[1].split()[0] for ln in rows.splitlines() if ln}
+        if len(states) == 4:
+            break
+        time.sleep(0.5)
+    assert states == {f"{run}.{s}": "CANCELLED" for s in ("download", "convert", "tokenize", "train")}, states
+    m = json.loads((Path(plan.run_dir) / "manifest.json").read_text())
+    assert all(s["state"] in ("CANCELLED", "FAILED") for s in m["stages"].values()), m["stages"]

@@ -26,3 +26,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def cancel(self, manifest: Manifest) -> list[str]:
         """Cancel every stage that has not finished; return what was cancelled."""
+
+    def rollback(self, plan: LaunchPlan) -> list[str]:
+        """After a submission failed part-way: withdraw what it had already queued (job ids), so that no stage
+        of a half-submitted pipeline runs. Backends that queue nothing have nothing to withdraw."""
+        return []

@@ -79,6 +79,20 @@ class SlurmJobs(Backend):
         return [r.name for r in live]
 
 
+    def rollback(self, plan: LaunchPlan) -> list[str]:
+        """Every job of this run still queued or running, found by name (``<run>.<stage>``, as every Slurm backend
+        names its jobs; a run name is used by one submission at a time: the CLI refuses a second one while jobs of
+        the first live), cancelled."""
+        from launcher.sbatch import job_name
+
+        names = ",".join(job_name(plan, s) for s in plan.active_stages)
+        q = subprocess.run(["squeue", "-h", "-o", "%i", "--name", names], capture_output=True, text=True)
+        ids = q.stdout.split()
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, text=True)
+        return ids
+
+
 class NemoRunSlurm(SlurmJobs):
     name = "nemo-run-slurm"
 
