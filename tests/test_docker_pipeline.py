@@ -81,6 +81,7 @@ def test_cancel_stops_the_stage_inside_the_container(docker_image: str, tmp_path
     from launcher.executors.local import NemoRunLocal
     from launcher.plan import Overrides, PlanContext, build_plan, render_stage_script
     from launcher.profiles import parse_profile
+    from tests.fixtures.processes import wait_for_lines
 
     text = (REPO / "clusters" / "local-docker.yaml").read_text()
     text = (text.replace("/data/cpt", str(tmp_path)).replace("nvcr.io/nvidia/nemo:25.02.01", docker_image)
@@ -107,11 +108,7 @@ def test_cancel_stops_the_stage_inside_the_container(docker_image: str, tmp_path
     child = multiprocessing.get_context("fork").Process(target=_docker_submit, args=(plan,))
     child.start()
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (steps.exists() and len(steps.read_text().splitlines()) >= 3):
-            assert child.is_alive(), "the launcher ended before the stage ran"
-            time.sleep(0.5)
-        assert steps.exists() and len(steps.read_text().splitlines()) >= 3, "the stage never ran in the container"
+        wait_for_lines(steps, 3, child.is_alive, "the stage never ran in the container")
         ours = set(subprocess.run(["docker", "ps", "-q"], capture_output=True, text=True).stdout.split()) - before
         assert ours, "no container of this run is running"
         assert main(["cancel", plan.run_dir]) == 0

@@ -24,6 +24,7 @@ import yaml
 
 from launcher.plan import LaunchPlan, Overrides, PlanContext, build_plan, render_stage_script
 from launcher.profiles import parse_profile
+from tests.fixtures.processes import wait_for_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,11 +105,7 @@ def test_cancel_stops_every_torchrun_worker(tmp_path: Path, capsys: pytest.Captu
     child = multiprocessing.get_context("fork").Process(target=_submit, args=(plan,))
     child.start()
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (steps.exists() and len(steps.read_text().splitlines()) >= 3):
-            assert child.is_alive(), "the launcher ended before the stage ran"
-            time.sleep(0.5)
-        assert steps.exists() and len(steps.read_text().splitlines()) >= 3, "the workers never stepped"
+        wait_for_lines(steps, 3, child.is_alive, "the workers never stepped")
         workers = [p for p in _procs_with(marker) if "launcher.stages.selftest" in p]
         assert len(workers) >= 3, workers  # torchrun + 2 workers
 
