@@ -109,6 +109,7 @@ class ExportSpec:
     checkpoint_dir: str = ""  # the run's checkpoint dir; the latest checkpoint in it is exported
     output_path: str = ""
     overwrite: bool = False
+    peft: Literal["none", "lora"] = "none"  # lora: merge the adapters into the base weights first
 
 
 @dataclass(frozen=True)

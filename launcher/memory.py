@@ -126,7 +126,10 @@ class MemoryConfig:
         return cls(tp=par.tp, pp=par.pp, cp=par.cp, dp=par.dp, mbs=par.mbs, seq_length=seq_length,
                    sequence_parallel=par.sequence_parallel, distributed_optimizer=par.distributed_optimizer,
                    recompute=recompute, strategy=strategy, fp8=fp8, peft=peft,
-                   num_microbatches=max(1, par.gbs // max(1, par.mbs * par.dp)))
+                   num_microbatches=max(1, par.gbs // max(1, par.mbs * par.dp)),
+                   # NeMo's LoRA recipes switch the fused cross entropy off ("does not function correctly with
+                   # LoRA"), and recipes.cpt does the same: the unfused loss keeps another fp32 copy of the logits
+                   cross_entropy_fusion=peft != "lora")
 
 
 @dataclass(frozen=True)

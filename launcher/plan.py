@@ -315,7 +315,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         train=train,
         convert=ConvertSpec(model=model_name, hf_model_dir=model_dir_job, output_path=nemo_ckpt_job),
         export=ExportSpec(model=model_name, checkpoint_dir=train.checkpoint_dir,
-                          output_path=_to_job_path(export_host, profile)),
+                          output_path=_to_job_path(export_host, profile), peft=ov.peft),
     )
     jobspec_job = posixpath.join(job_run_dir, "jobspec.json")
 

@@ -338,8 +338,9 @@ def _enumerate(model: ModelSpec, hw: Hardware, nodes: int, gbs: int, seq: int, p
                 for mbs in mbss:
                     if mbs < 1 or gbs % (mbs * dp):
                         continue
+                    # LoRA: NeMo's own LoRA recipes turn the distributed optimizer off (the adapters' state is tiny)
                     par = Parallelism(tp=tp, pp=pp, cp=cp, dp=dp, mbs=mbs, gbs=gbs, sequence_parallel=tp > 1,
-                                      distributed_optimizer=True)
+                                      distributed_optimizer=peft != "lora")
                     for rc in RECOMPUTES:
                         gpu_fits = False
                         for st in strategies:

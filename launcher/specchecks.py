@@ -50,8 +50,10 @@ def train_spec_problems(spec: TrainSpec, attention: ResolvedAttention | None = N
             err("attention", "attention=sdpa (no Transformer Engine) cannot do context parallelism; cp must be 1")
         if spec.fp8:
             err("fp8", "fp8 needs Transformer Engine (attention=te)")
-    if spec.peft != "none":
-        err("peft", f"peft={spec.peft!r}: recipes.cpt implements full-parameter CPT only ('none')")
+    if spec.peft not in ("none", "lora"):
+        err("peft", f"peft={spec.peft!r}: allowed: none (full-parameter CPT), lora (adapters, a different experiment)")
+    if spec.peft == "lora" and spec.optimizer_offload:
+        err("optimizer_offload", "peft=lora keeps its tiny optimizer state on the GPU; optimizer_offload must be false")
     if not spec.train_data:
         err("train_data", "empty; give the data stage's prefixes, e.g. [\"/data/ja_text_document\"]")
     if not spec.valid_data:

@@ -249,7 +249,33 @@ def train_recipe(spec: TrainSpec, attention: ResolvedAttention | None = None) ->
         run.Config(StepStats, tokens_per_step=tokens_per_step, flops_per_token=flops_per_token,
                    world_size=p.world_size, log_path=os.path.join(spec.log_dir, "step_stats.jsonl")),
     ]
+    if spec.peft == "lora":
+        return _as_lora(recipe)
     return recipe
+
+
+# LoRA (``--peft lora``, a different experiment: adapters on a frozen base). NeMo's LoRA defaults (dim 32, alpha 32,
+# the four linear layers): what launcher.memory assumes (MemoryCoefficients.lora_rank).
+LORA_DIM = 32
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+def _as_lora(recipe: run.Partial) -> run.Partial:
+    """The same recipe through ``llm.finetune`` with a LoRA transform: the frozen base comes from the same
+    restore_config, the data, schedule, checkpoints and resume rule are unchanged. As in NeMo's own LoRA recipes,
+    the distributed optimizer and the fused cross entropy are off (the latter "does not function correctly with
+    LoRA"); the learning rate stays the plan's."""
+    from nemo.collections import llm
+    from nemo.collections.llm.peft.lora import LoRA
+
+    recipe.model.config.cross_entropy_loss_fusion = False
+    recipe.optim.config.use_distributed_optimizer = False
+    recipe.trainer.strategy.ddp.use_distributed_optimizer = False
+    return run.Partial(
+        llm.finetune, model=recipe.model, data=recipe.data, trainer=recipe.trainer, log=recipe.log,
+        resume=recipe.resume, optim=recipe.optim, tokenizer="data",
+        peft=run.Config(LoRA, dim=LORA_DIM, alpha=LORA_DIM, target_modules=list(LORA_TARGETS)),
+    )
 
 
 def _scaled_model(name: str, layers: int) -> Any:
@@ -290,6 +316,14 @@ def export_recipe(spec: ExportSpec, checkpoint: str | None = None) -> run.Partia
         raise ConfigError(probs)
     return run.Partial(llm.export_ckpt, path=checkpoint or spec.checkpoint_dir, target="hf",
                        output_path=spec.output_path, overwrite=spec.overwrite)
+
+
+def lora_merge_recipe(checkpoint: str, merged_path: str) -> run.Partial:
+    """A LoRA run's checkpoint holds the adapters only: merge them into the base weights (a NeMo checkpoint at
+    ``merged_path``) before ``export_recipe`` writes HF format."""
+    from nemo.collections import llm
+
+    return run.Partial(llm.peft.merge_lora, lora_checkpoint_path=checkpoint, output_path=merged_path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -366,4 +400,13 @@ def train_recipe_checks(recipe: run.Partial, spec: TrainSpec, attention: Resolve
             Check("no TE fusions", (mc.apply_rope_fusion, mc.masked_softmax_fusion, mc.gradient_accumulation_fusion),
                   (False, False, False)),
         ]
+    lora = spec.peft == "lora"
+    peft = getattr(recipe, "peft", None) if recipe.__fn_or_cls__.__name__ == "finetune" else None
+    checks += [
+        Check("entry point", recipe.__fn_or_cls__.__name__, "finetune" if lora else "pretrain"),
+        Check("LoRA", (peft.dim, peft.alpha, list(peft.target_modules)) if peft is not None else None,
+              (LORA_DIM, LORA_DIM, list(LORA_TARGETS)) if lora else None),
+    ]
+    if lora:
+        checks.append(Check("LoRA: fused cross entropy off", mc.cross_entropy_loss_fusion, False))
     return checks

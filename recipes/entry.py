@@ -251,14 +251,24 @@ def _run_export(spec: JobSpec, validate_only: bool) -> int:
               f"({decision.reason})", file=sys.stderr)
         return EXIT_USAGE
     ckpt = os.path.join(e.checkpoint_dir, decision.path)
+    steps = []
+    if e.peft == "lora":  # adapters only: merged into the base weights first, next to the HF output
+        from recipes.cpt import lora_merge_recipe
+
+        merged = e.output_path.rstrip("/") + "-merged-nemo"
+        log(f"export: merge LoRA adapters {ckpt} -> {merged}")
+        steps.append(lora_merge_recipe(ckpt, merged))
+        ckpt = merged
     log(f"export: {ckpt} -> {e.output_path}")
-    recipe = export_recipe(e, checkpoint=ckpt)
+    steps.append(export_recipe(e, checkpoint=ckpt))
     if validate_only:
-        print(recipe)
+        for r in steps:
+            print(r)
         return EXIT_OK
     import fiddle as fdl
 
-    fdl.build(recipe)()
+    for r in steps:
+        fdl.build(r)()
     return EXIT_OK
 
 

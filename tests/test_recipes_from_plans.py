@@ -91,3 +91,36 @@ def test_random_init_plan_builds_a_recipe_without_base_weights(tmp_path: Path) -
     js = tmp_path / "jobspec.json"
     js.write_text(plan.jobspec.to_json())
     assert entry_main(["train", "--jobspec", str(js), "--validate-only"]) == 0
+
+
+@pytest.mark.parametrize("profile", ["workstation-48gb", "dgx-h100"])
+def test_lora_is_one_flag_away_and_builds(profile: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--peft lora (a different experiment): the same recipe through llm.finetune with NeMo's LoRA defaults, no
+    distributed optimizer and no fused cross entropy (as NeMo's own LoRA recipes); the plan and the recipe agree,
+    the job-side validation accepts it, and export merges the adapters before writing HF format."""
+    from nemo.collections import llm
+
+    prof = load_profile(profile)
+    plan = build_plan(prof, Overrides(peft="lora"), PlanContext(code_dir="/src", command="test", run_name="r"))
+    t = plan.jobspec.train
+    assert t.peft == "lora" and not t.optimizer_offload and not plan.parallelism.distributed_optimizer
+    attention = cpt.resolve_attention(t)
+    r = cpt.train_recipe(t, attention)
+    assert not [c for c in cpt.train_recipe_checks(r, t, attention) if not c.ok]
+    assert r.__fn_or_cls__ is llm.finetune and r.peft.dim == 32 and r.model.config.cross_entropy_loss_fusion is False
+    assert r.resume.restore_config.path == t.base_checkpoint  # the frozen base comes from the converted model
+    js = tmp_path / "jobspec.json"
+    spec = plan.jobspec
+    # export: a finished checkpoint of the run, as NeMo names it (the directory need only exist for the decision)
+    ckdir = tmp_path / "ckpt"
+    (ckdir / "r--step=149-consumed_samples=153600.0-last").mkdir(parents=True)
+    import dataclasses
+
+    spec = dataclasses.replace(spec, export=dataclasses.replace(spec.export, checkpoint_dir=str(ckdir)))
+    js.write_text(spec.to_json())
+    assert entry_main(["train", "--jobspec", str(js), "--validate-only"]) == 0
+    capsys.readouterr()
+    assert entry_main(["export", "--jobspec", str(js), "--validate-only"]) == 0
+    out = capsys.readouterr()
+    assert "merge_lora" in out.out and "export_ckpt" in out.out
+    assert f"{spec.export.output_path}-merged-nemo" in out.out
