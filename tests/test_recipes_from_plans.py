@@ -124,3 +124,19 @@ def test_lora_is_one_flag_away_and_builds(profile: str, tmp_path: Path, capsys: 
     out = capsys.readouterr()
     assert "merge_lora" in out.out and "export_ckpt" in out.out
     assert f"{spec.export.output_path}-merged-nemo" in out.out
+
+
+@pytest.mark.parametrize("profile,model,nodes", [("workstation-48gb", "llama3.2-1b", None),
+                                                 ("dgx-h100", "llama3.2-1b", None),
+                                                 ("dgx-h100", "llama3.1-70b", 4)])
+def test_the_other_models_build_into_recipes_that_equal_the_plan(profile: str, model: str, nodes: int | None) -> None:
+    """`--model` (a smaller model is the planner's other 'different experiment'; 70B needs TP and PP): NeMo's own
+    recipe module for each, with the plan's values."""
+    plan = build_plan(load_profile(profile), Overrides(model=model, nodes=nodes),
+                      PlanContext(code_dir="/src", command="test", run_name="r"))
+    t = plan.jobspec.train
+    attention = cpt.resolve_attention(t)
+    r = cpt.train_recipe(t, attention)
+    assert not [c for c in cpt.train_recipe_checks(r, t, attention) if not c.ok]
+    assert r.model.config.num_layers == plan.model.num_layers
+    assert r.model.config.hidden_size == plan.model.hidden_size
