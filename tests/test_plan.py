@@ -227,3 +227,18 @@ def test_the_jobs_own_spec_checks_run_before_submission() -> None:
     errors = {x.where: x.message for x in check_plan(bad, {}, filesystem=False) if x.severity == "error"}
     assert "20 > max_steps=10" in errors["jobspec train.val_check_interval"]
     assert "ckpt_keep must be >= 1" in errors["jobspec train.ckpt_every_n_steps"]
+
+
+def test_the_device_benchmark_profile_plans_the_benchmark_run() -> None:
+    """benchmarks/train/h200-device.yaml (the GPU runs through cpt-launch itself): it loads, and the run that
+    device_c.sh launches is planned as call 4 ran it (8 layers, TP1 DP1, MBS 1, no offload, SDPA, random init)."""
+    prof = load_profile(str(REPO / "benchmarks" / "train" / "h200-device.yaml"))
+    p = build_plan(prof, Overrides(random_init=True, num_layers=8, model_dir="/tmp/cpt/data/tokenizer", max_steps=40,
+                                   gbs=8, ckpt_every_n_steps=10, mbs=1, recompute="none", optimizer_offload="off",
+                                   run_name="main8"), CTX)
+    t = p.jobspec.train
+    par = p.parallelism
+    assert (par.tp, par.pp, par.cp, par.dp, par.mbs, par.gbs) == (1, 1, 1, 1, 1, 8)
+    assert t.random_init and t.num_layers == 8 and t.attention == "sdpa" and not t.optimizer_offload
+    assert t.train_data == ["/tmp/cpt/data/ja_text_document"] and t.valid_data == ["/tmp/cpt/data/ja_valid_text_document"]
+    assert [s.name for s in p.active_stages] == ["train", "export"]
