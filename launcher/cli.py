@@ -103,8 +103,11 @@ def build_parser(tokenize_args: bool = False) -> argparse.ArgumentParser:
             s.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows")
     tp = sub.add_parser("tokenize", help="JSONL -> Megatron .bin/.idx (the data stage)")
     if tokenize_args:  # its module imports numpy/tokenizers: only when that subcommand runs
-        from launcher.data import cli as data_cli
-
+        try:
+            from launcher.data import cli as data_cli
+        except ImportError as e:  # the [data] extra is not installed: say which, no traceback
+            raise ConfigError([Problem("error", "tokenize", f"needs the data extra ({e}); fix: pip install -e "
+                                                            "'.[data]' (numpy, tokenizers) in this environment")])
         data_cli.add_arguments(tp)
     return ap
 
@@ -114,7 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     original = list(args_list)
     if args_list and args_list[0] not in SUBCOMMANDS and args_list[0] not in ("-h", "--help", "--version"):
         args_list.insert(0, "submit")  # `cpt-launch --cluster X` means submit
-    ap = build_parser(tokenize_args=bool(args_list) and args_list[0] == "tokenize")
+    try:
+        ap = build_parser(tokenize_args=bool(args_list) and args_list[0] == "tokenize")
+    except ConfigError as e:
+        for p in e.problems:
+            print(f"cpt-launch: {p}", file=sys.stderr)
+        return EXIT_USAGE
     args = ap.parse_args(args_list)
     if args.cmd is None:
         ap.print_help(sys.stderr)

@@ -139,7 +139,7 @@ def move_aside(path: str | Path, now: float | None = None) -> Path | None:
 
 def find_run(run: str, runs_roots: list[str]) -> Manifest:
     """A run is named by its directory (absolute path) or by its name under one of the profiles' run roots."""
-    cands = [Path(run)] if os.sep in run else [Path(r) / run for r in runs_roots]
+    cands = [Path(run)] if os.sep in run else list(dict.fromkeys(Path(r) / run for r in runs_roots))
     for c in cands:
         f = c / "manifest.json"
         if f.is_file():

@@ -135,3 +135,19 @@ def test_logs_of_a_failed_submitit_job_show_the_other_tasks(tmp_path: Path, caps
     assert "another job" not in out and "STEP 29.0" not in out
     _print_other_tasks(t0, "COMPLETED")
     assert capsys.readouterr().out == ""
+
+
+def test_tokenize_without_the_data_extra_says_which_extra(tmp_path: Path) -> None:
+    """`cpt-launch tokenize` in an environment with only the launcher (no numpy): exit 2 naming the extra, no
+    traceback. A bare virtualenv that sees this checkout but none of the data packages."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([str(bare / "bin" / "python3"), "-c",
+                        "import sys; from launcher.cli import main; "
+                        "sys.exit(main(['tokenize', '--input', 'x.jsonl', '--tokenizer', 't', '--output', 'o']))"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "tokenize: error: needs the data extra (No module named 'numpy')" in r.stderr
+    assert "pip install -e '.[data]'" in r.stderr
