@@ -20,6 +20,15 @@ from recipes import cpt  # noqa: E402
 from recipes.entry import main as entry_main  # noqa: E402
 
 
+def recipe_equal_to(t):  # type: ignore[no-untyped-def]
+    """The train recipe built from a plan's TrainSpec, after asserting that every value read back equals the spec."""
+    attention = cpt.resolve_attention(t)
+    r = cpt.train_recipe(t, attention)
+    bad = [c for c in cpt.train_recipe_checks(r, t, attention) if not c.ok]
+    assert not bad, bad
+    return r
+
+
 @pytest.mark.parametrize("profile", available_profiles())
 def test_every_recipe_of_every_profile_equals_the_plan(profile: str, tmp_path: Path) -> None:
     prof = load_profile(profile)
@@ -27,10 +36,7 @@ def test_every_recipe_of_every_profile_equals_the_plan(profile: str, tmp_path: P
                       PlanContext(code_dir="/src", command="test", run_name="r"))
     spec = plan.jobspec
     t = spec.train
-    attention = cpt.resolve_attention(t)
-    r = cpt.train_recipe(t, attention)
-    bad = [c for c in cpt.train_recipe_checks(r, t, attention) if not c.ok]
-    assert not bad, bad
+    r = recipe_equal_to(t)
     par = plan.parallelism
     st = r.trainer.strategy
     assert (st.tensor_model_parallel_size, st.pipeline_model_parallel_size, st.context_parallel_size) == (
@@ -83,9 +89,7 @@ def test_random_init_plan_builds_a_recipe_without_base_weights(tmp_path: Path) -
                       Overrides(random_init=True, num_layers=8, model_dir="/bench/tokenizer", max_steps=40, gbs=8),
                       PlanContext(code_dir="/src", command="test", run_name="r"))
     t = plan.jobspec.train
-    attention = cpt.resolve_attention(t)
-    r = cpt.train_recipe(t, attention)
-    assert not [c for c in cpt.train_recipe_checks(r, t, attention) if not c.ok]
+    r = recipe_equal_to(t)
     assert r.resume.resume_if_exists and r.resume.restore_config is None
     assert r.model.config.num_layers == 8 and r.data.tokenizer.pretrained_model_name == "/bench/tokenizer"
     js = tmp_path / "jobspec.json"
@@ -104,9 +108,7 @@ def test_lora_is_one_flag_away_and_builds(profile: str, tmp_path: Path, capsys: 
     plan = build_plan(prof, Overrides(peft="lora"), PlanContext(code_dir="/src", command="test", run_name="r"))
     t = plan.jobspec.train
     assert t.peft == "lora" and not t.optimizer_offload and not plan.parallelism.distributed_optimizer
-    attention = cpt.resolve_attention(t)
-    r = cpt.train_recipe(t, attention)
-    assert not [c for c in cpt.train_recipe_checks(r, t, attention) if not c.ok]
+    r = recipe_equal_to(t)
     assert r.__fn_or_cls__ is llm.finetune and r.peft.dim == 32 and r.model.config.cross_entropy_loss_fusion is False
     assert r.resume.restore_config.path == t.base_checkpoint  # the frozen base comes from the converted model
     js = tmp_path / "jobspec.json"
@@ -135,8 +137,6 @@ def test_the_other_models_build_into_recipes_that_equal_the_plan(profile: str, m
     plan = build_plan(load_profile(profile), Overrides(model=model, nodes=nodes),
                       PlanContext(code_dir="/src", command="test", run_name="r"))
     t = plan.jobspec.train
-    attention = cpt.resolve_attention(t)
-    r = cpt.train_recipe(t, attention)
-    assert not [c for c in cpt.train_recipe_checks(r, t, attention) if not c.ok]
+    r = recipe_equal_to(t)
     assert r.model.config.num_layers == plan.model.num_layers
     assert r.model.config.hidden_size == plan.model.hidden_size
