@@ -44,7 +44,14 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
                         "tokenizer is read from --model-dir): the loss is not continual pretraining")
     g.add_argument("--container-image", help="container image (overrides the profile's)")
     g.add_argument("--run-name", help="name of the run directory (default cpt-<cluster>-<time>)")
-    g.add_argument("--ckpt-every", type=int, dest="ckpt_every_n_steps", help="checkpoint every N steps (default 15)")
+    g.add_argument("--ckpt-every", type=int, dest="ckpt_every_n_steps",
+                   help="checkpoint every N steps (default 15), plus one at the end of training; validation never "
+                        "writes one")
+    g.add_argument("--ckpt-keep", type=int, metavar="K",
+                   help="finished checkpoints kept (default 2, or 1 where only one fits): K+1 must fit the "
+                        "checkpoint directory's free space, which the pre-flight checks")
+    g.add_argument("--val-every", type=int, dest="val_every_n_steps",
+                   help="validate every N steps (default 15, and at the end of a shorter run)")
     g.add_argument("--attention", choices=("te", "sdpa", "auto"), help="attention kernel (default: the profile's)")
     k = p.add_argument_group("parallelism and memory (pin a knob; the planner chooses the rest)")
     k.add_argument("--tp", type=int, help="tensor parallel size")
@@ -154,7 +161,8 @@ def _overrides(args: argparse.Namespace) -> Any:
         data=tuple(args.data), valid_data=tuple(args.valid_data), model=args.model, model_dir=args.model_dir,
         container_image=args.container_image, run_name=args.run_name, num_layers=args.num_layers, tp=args.tp,
         pp=args.pp, cp=args.cp, recompute=args.recompute, optimizer_offload=args.optimizer_offload, peft=args.peft,
-        fp8=args.fp8, attention=args.attention, ckpt_every_n_steps=args.ckpt_every_n_steps, resume=resume,
+        fp8=args.fp8, attention=args.attention, ckpt_every_n_steps=args.ckpt_every_n_steps,
+        ckpt_keep=args.ckpt_keep, val_every_n_steps=args.val_every_n_steps, resume=resume,
         random_init=args.random_init,
     )
 
@@ -164,8 +172,14 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Any:
     from launcher.profiles import load_profile
 
     profile = load_profile(args.cluster)
-    ctx = PlanContext(code_dir=CODE_DIR, command="cpt-launch " + shlex.join(argv),
-                      run_name=f"cpt-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_name = f"cpt-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    free, finished = None, 0
+    if args.cmd != "plan" and not getattr(args, "dry_run", False):  # a dry run may be far from the storage
+        from launcher.checkpoints import disk_facts
+
+        free, finished = disk_facts(os.path.join(profile.storage.runs.host, args.run_name or run_name, "checkpoints"))
+    ctx = PlanContext(code_dir=CODE_DIR, command="cpt-launch " + shlex.join(argv), run_name=run_name,
+                      ckpt_free_bytes=free, ckpt_finished=finished)
     return build_plan(profile, _overrides(args), ctx)
 
 

@@ -69,7 +69,7 @@ class TrainSpec:
     limit_val_batches: int = 8
     ckpt_every_n_steps: int = 15
     ckpt_async_save: bool = True  # write checkpoints in the background (NeMo's default); False: the step waits
-    ckpt_keep: int = 2  # newest checkpoints kept (plus the -last link); 8B with optimizer state is ~112 GB each
+    ckpt_keep: int = 2  # newest checkpoints kept (plus the -last link); 8B with optimizer state is ~104 GiB each
     precision: Literal["bf16-mixed"] = "bf16-mixed"
     fp8: bool = False
     recompute: Recompute = "none"
@@ -89,6 +89,7 @@ class TrainSpec:
     random_init: bool = False  # no base checkpoint: start from random weights (tests/benchmarks only; logged loudly)
     checkpoint_dir: str = ""  # this run's own checkpoints (resume_if_exists)
     log_dir: str = ""
+    step_log: str = ""  # one JSON line per train step and per validation, appended across attempts ("" = log_dir's)
     run_name: str = "cpt"
     tensorboard: bool = True
     wandb_project: str | None = None  # WANDB_API_KEY comes from the environment, never from here
@@ -98,6 +99,7 @@ class TrainSpec:
 @dataclass(frozen=True)
 class ConvertSpec:
     model: str = "llama3.1-8b"
+    num_layers: int | None = None  # the HF model's layers where it is a cut-down one (tests); None = the model's own
     hf_model_dir: str = ""
     output_path: str = ""  # the NeMo checkpoint directory train restores from
     overwrite: bool = False
@@ -106,6 +108,7 @@ class ConvertSpec:
 @dataclass(frozen=True)
 class ExportSpec:
     model: str = "llama3.1-8b"
+    num_layers: int | None = None
     checkpoint_dir: str = ""  # the run's checkpoint dir; the latest checkpoint in it is exported
     output_path: str = ""
     overwrite: bool = False

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from launcher import __version__
+from launcher.checkpoints import DEFAULT_KEEP, checkpoint_bytes, keep_that_fits
 from launcher.errors import ConfigError, Problem
 from launcher.jobspec import ConvertSpec, ExportSpec, JobSpec, Optim, Parallelism, TrainSpec
 from launcher.models import MODELS, ModelSpec
@@ -54,6 +55,8 @@ class Overrides:
     fp8: bool = False
     attention: Literal["te", "sdpa", "auto"] | None = None
     ckpt_every_n_steps: int | None = None
+    ckpt_keep: int | None = None  # finished checkpoints kept; None: 2, or fewer where only fewer fit the disk
+    val_every_n_steps: int | None = None
     resume: Literal["auto", "resume", "fresh"] = "auto"
     random_init: bool = False  # benchmarks: random weights, no download/convert; the tokenizer from model_dir
 
@@ -66,6 +69,10 @@ class PlanContext:
     command: str  # the command line that made this plan (goes into script headers)
     run_name: str  # default run name when --run-name is not given (the CLI makes it from the clock)
     python: str = "python3"  # interpreter in the job environment
+    # the checkpoint directory's filesystem as the CLI found it: free bytes (None: not looked at, e.g. a dry run
+    # far from the cluster) and how many finished checkpoints of this run are already there (--resume)
+    ckpt_free_bytes: int | None = None
+    ckpt_finished: int = 0
 
 
 @dataclass(frozen=True)
@@ -256,7 +263,12 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
     repo_tail = model.hf_repo.split("/")[-1]
     model_dir_host = ov.model_dir or posixpath.join(st.models.host, repo_tail)
     model_dir_job = _to_job_path(model_dir_host, profile)
-    nemo_ckpt_host = posixpath.join(st.models.host, f"{repo_tail}-nemo")
+    # the converted checkpoint is named after the HF directory it came from: two --model-dir of one model (say a
+    # cut-down test model and the real one) must not share one converted checkpoint
+    nemo_tail = posixpath.basename(ov.model_dir.rstrip("/")) if ov.model_dir else repo_tail
+    if ov.num_layers is not None and ov.num_layers != MODELS[model_name].num_layers:
+        nemo_tail += f"-{ov.num_layers}l"
+    nemo_ckpt_host = posixpath.join(st.models.host, f"{nemo_tail}-nemo")
     nemo_ckpt_job = _to_job_path(nemo_ckpt_host, profile)
 
     def data_host(item: str) -> str:
@@ -277,6 +289,13 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
                 out.append(prefix + "_text_document")
 
     ckpt_dir_host = posixpath.join(run_dir, "checkpoints")
+    ckpt_size = checkpoint_bytes(model, ov.peft)
+    if ov.ckpt_keep is not None:
+        ckpt_keep = ov.ckpt_keep
+    elif ctx.ckpt_free_bytes is not None:
+        ckpt_keep = keep_that_fits(ckpt_size, ctx.ckpt_free_bytes, ctx.ckpt_finished)
+    else:
+        ckpt_keep = DEFAULT_KEEP
     export_host = posixpath.join(run_dir, "export", f"{repo_tail}-cpt")
     train = TrainSpec(
         model=model_name,
@@ -288,8 +307,9 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         seq_length=seq,
         max_steps=max_steps,
         # the seed validates every 15 steps; a shorter run validates once, at its end (Lightning refuses more)
-        val_check_interval=min(15, max_steps),
+        val_check_interval=min(ov.val_every_n_steps or 15, max_steps),
         ckpt_every_n_steps=ov.ckpt_every_n_steps or 15,
+        ckpt_keep=ckpt_keep,
         fp8=ov.fp8,
         recompute=choice.recompute,
         # what the memory model assumed: full = uniform, one layer at a time (planner.recompute_settings)
@@ -308,13 +328,16 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         random_init=ov.random_init,
         checkpoint_dir=_to_job_path(ckpt_dir_host, profile),
         log_dir=_to_job_path(posixpath.join(run_dir, "train"), profile),
+        # not under log_dir: NeMo's logger moves the files it finds there into run_N/ when a run resumes
+        step_log=_to_job_path(posixpath.join(run_dir, "logs", "train_steps.jsonl"), profile),
         run_name=run,
         wandb_project=None,
     )
     jobspec = JobSpec(
         train=train,
-        convert=ConvertSpec(model=model_name, hf_model_dir=model_dir_job, output_path=nemo_ckpt_job),
-        export=ExportSpec(model=model_name, checkpoint_dir=train.checkpoint_dir,
+        convert=ConvertSpec(model=model_name, num_layers=ov.num_layers, hf_model_dir=model_dir_job,
+                            output_path=nemo_ckpt_job),
+        export=ExportSpec(model=model_name, num_layers=ov.num_layers, checkpoint_dir=train.checkpoint_dir,
                           output_path=_to_job_path(export_host, profile), peft=ov.peft),
     )
     jobspec_job = posixpath.join(job_run_dir, "jobspec.json")
@@ -366,7 +389,8 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
          [[py, "-m", "launcher.stages.download", "--repo", model.hf_repo, "--dest", model_dir_job]],
          "none", {"model_dir": model_dir_host},
          f"--random-init: no base weights to fetch (the tokenizer is read from {model_dir_host})"
-         if ov.random_init else None),
+         if ov.random_init else f"--model-dir: the HF model is already on disk ({model_dir_host})"
+         if ov.model_dir else None),
         ("convert", ("download",), cpu_res(),
          [[py, "-m", "recipes.entry", "convert", "--jobspec", jobspec_job]],
          "none", {"nemo_checkpoint": nemo_ckpt_host},
@@ -388,6 +412,10 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         stage_env = dict(env)
         if res.kind == "cpu":
             stage_env["CUDA_VISIBLE_DEVICES"] = ""
+        else:
+            # read once, when CUDA initialises: set inside the trainer it came too late (7.04 GiB stayed reserved
+            # but unallocated at an out-of-memory under the 47 GiB cap); a profile's env may set its own
+            stage_env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         script = render_stage_script(run=run, stage=name, cmds=cmds, env=stage_env, secrets=tuple(d.secrets),
                                      workdir=job_run_dir, command=ctx.command)
         stages.append(Stage(

@@ -40,6 +40,10 @@ class FileSystemView(Protocol):
 
     def listdir(self, path: str) -> list[str]: ...
 
+    def free_bytes(self, path: str) -> int | None:
+        """Free bytes of the filesystem ``path`` is (or would be) on; None where nothing on the way exists."""
+        ...
+
 
 class RealFileSystem:
     """:class:`FileSystemView` over the real filesystem (of the machine that runs the check)."""
@@ -60,6 +64,11 @@ class RealFileSystem:
 
     def listdir(self, path: str) -> list[str]:
         return sorted(os.listdir(path))
+
+    def free_bytes(self, path: str) -> int | None:
+        from launcher.checkpoints import disk_facts
+
+        return disk_facts(path)[0]
 
 
 def container_to_host(path: str, mounts: Sequence[tuple[str, str]]) -> str | None:
@@ -179,6 +188,8 @@ class PreflightFacts:
     gated_repo: bool = True  # meta-llama repos are gated: downloading needs an accepted licence and a token
     hf_token_file: str = ""  # host path of huggingface-cli's token file, if one should count as a token
     checkpoint_dir: str = ""  # this run's own checkpoint directory
+    checkpoint_bytes: int = 0  # one checkpoint with optimizer state (launcher.checkpoints); 0: not checked
+    ckpt_keep: int = 2  # finished checkpoints kept; one more is in flight at the peak
     # "auto": resume_if_exists (the run's own checkpoints, else the base weights) is itself the decision;
     # None: not decided -- an error when checkpoints exist
     resume: Literal["auto", "resume", "fresh"] | None = "auto"
@@ -438,6 +449,37 @@ def check_checkpoint_dir(facts: PreflightFacts, fs: FileSystemView) -> list[Prob
     return []
 
 
+def check_checkpoint_space(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
+    """``keep + 1`` checkpoints (one save in flight) fit the free space of the checkpoint directory's filesystem,
+    as the job sees it. On the H200 a third checkpoint in flight filled the 64 GiB disk and killed the run."""
+    from launcher.checkpoints import bytes_needed, gib
+    from launcher.resume import finished_checkpoints
+
+    if not facts.checkpoint_dir or not facts.checkpoint_bytes:
+        return []
+    host = _host_view(facts.checkpoint_dir, facts)
+    if host is None:
+        return []  # check_checkpoint_dir names it
+    free = fs.free_bytes(host)
+    if free is None:
+        return []
+    have = len(finished_checkpoints(_safe_listdir(fs, host)))
+    need = bytes_needed(facts.checkpoint_bytes, facts.ckpt_keep, have)
+    if need <= free:
+        return []
+    one = facts.checkpoint_bytes
+    fits = free // one - 1 + have
+    fixes = [f"--ckpt-keep {fits}" if fits >= 1 and fits < facts.ckpt_keep else None,
+             f"free {gib(need - free)} on that filesystem",
+             "a storage.runs area with more room (the run directory holds the checkpoints)",
+             "fewer layers (--num-layers) for a test run" if facts.model.num_layers > 2 else None]
+    return [Problem("error", f"checkpoint_dir {facts.checkpoint_dir}",
+                    f"one checkpoint with optimizer state is {gib(one)} ({facts.model.name}, "
+                    f"{facts.model.num_layers} layers, 14 B/param); --ckpt-keep {facts.ckpt_keep} plus one being "
+                    f"written{f', less the {have} already there,' if have else ''} need {gib(need)}, but {host} has "
+                    f"{gib(free)} free; fix: {' or '.join(f for f in fixes if f)}")]
+
+
 def _safe_listdir(fs: FileSystemView, path: str) -> list[str]:
     try:
         return fs.listdir(path)
@@ -482,7 +524,7 @@ def run_preflight(facts: PreflightFacts, fs: FileSystemView | None = None, *,
            + check_container_image(facts))
     if filesystem:
         out += (check_mounts(facts, fs) + check_data(facts, fs) + check_model_files(facts, fs)
-                + check_checkpoint_dir(facts, fs))
+                + check_checkpoint_dir(facts, fs) + check_checkpoint_space(facts, fs))
     return [p for p in out if p.severity == "error"] + [p for p in out if p.severity != "error"]
 
 
@@ -503,6 +545,8 @@ def facts_from_plan(plan: Any, env: Mapping[str, str]) -> PreflightFacts:
     ``env`` is the submitting shell's environment; the job sees it with the plan's own ``env`` on top (Slurm and
     the local/docker executors pass it through), so NVTE_* and HF_* are checked on that merge.
     """
+    from launcher.checkpoints import checkpoint_bytes
+
     t = plan.jobspec.train
     stages = {s.name: s for s in plan.stages}
 
@@ -537,6 +581,8 @@ def facts_from_plan(plan: Any, env: Mapping[str, str]) -> PreflightFacts:
         convert_planned=active("convert"),
         random_init=bool(getattr(t, "random_init", False)),
         checkpoint_dir=t.checkpoint_dir,
+        checkpoint_bytes=checkpoint_bytes(plan.model, t.peft),
+        ckpt_keep=t.ckpt_keep,
         resume=getattr(plan, "resume", "auto"),
         predicted_peak_gib=float(mem.get("predicted_peak_gib", 0.0)),
         strategy=str(mem.get("strategy", "")),

@@ -105,3 +105,12 @@ def decide_resume(
     return ResumeDecision("refuse", None, None,
                           "no checkpoint of this run and no base_checkpoint; set base_checkpoint to the convert "
                           "stage's output, or random_init=true for a benchmark")
+
+
+def finished_checkpoints(checkpoint_dir_entries: Iterable[str]) -> list[str]:
+    """The finished step checkpoints in a listing: no ``-unfinished`` marker, and not the ``-last`` links (a link
+    to a checkpoint takes no space of its own)."""
+    names = [_strip(n) for n in checkpoint_dir_entries]
+    markers = {n[: -len(UNFINISHED_SUFFIX)] for n in names if n.endswith(UNFINISHED_SUFFIX)}
+    return [n for n in names if checkpoint_step(n) is not None and not n.endswith(UNFINISHED_SUFFIX)
+            and not n.endswith("last") and n not in markers]

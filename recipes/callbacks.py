@@ -1,7 +1,15 @@
-"""A small Lightning callback that writes one JSON line per training step: loss, time, throughput, memory.
+"""Lightning callbacks of the train recipe: the step log, and checkpoints that only the flags write.
 
-The benchmark figures in ``benchmarks/train/`` are read from these lines (``step_stats.jsonl`` in the log dir and
-stderr, prefixed ``STEP``). Throughput uses the causal FLOP rule of ``launcher.models.ModelSpec.flops_per_token``.
+``StepStats`` writes one JSON line per training step (loss, lr, consumed samples, time, throughput, GPU and host
+memory) and one per validation (``"kind": "val"``) to the run's step log, and ``STEP ...`` lines to stderr. Every
+line carries its ``attempt``: the log is appended to across restarts (``--resume``, a Slurm requeue), so one file
+holds the whole run. Throughput uses the causal FLOP rule of ``launcher.models.ModelSpec.flops_per_token``.
+
+``FlagCheckpoint`` is NeMo's ``ModelCheckpoint`` with one change of rule: a checkpoint is written every
+``every_n_train_steps`` and at the end of training, never because validation ran. NeMo's (Lightning's)
+``on_validation_end`` saves a ``-last`` checkpoint whenever validation runs at a step that has none; with
+validation every 15 and checkpoints every 20 that was three full 36.5 GiB checkpoints by step 30 on the H200 and
+a full disk.
 """
 
 from __future__ import annotations
@@ -18,13 +26,58 @@ from lightning.pytorch.callbacks import Callback
 H100_H200_DENSE_BF16_TFLOPS = 989.0  # vendor peak used for MFU (same chip for H100 SXM and H200)
 
 
+def _host_gib() -> tuple[float | None, float | None]:
+    """(this process's resident memory, the machine's used memory: MemTotal - MemAvailable), GiB."""
+    rss = used = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) / 2**20
+        mem = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                mem[k] = int(v.split()[0])
+        used = (mem["MemTotal"] - mem["MemAvailable"]) / 2**20
+    except (OSError, KeyError, ValueError):
+        pass
+    return (round(rss, 2) if rss is not None else None, round(used, 2) if used is not None else None)
+
+
+def previous_attempts(log_path: str | None) -> int:
+    """The highest ``attempt`` already in the step log (0 for a new one)."""
+    if not log_path or not os.path.exists(log_path):
+        return 0
+    best = 0
+    with open(log_path) as f:
+        for line in f:
+            try:
+                best = max(best, int(json.loads(line).get("attempt", 1)))
+            except (ValueError, AttributeError, TypeError):
+                continue  # a line cut short by a kill -9: the next attempt appends after it
+    return best
+
+
 class StepStats(Callback):
     def __init__(self, tokens_per_step: int, flops_per_token: float, world_size: int, log_path: str | None = None):
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
         self.world_size = world_size
         self.log_path = log_path
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.attempt = previous_attempts(log_path) + 1
         self._t0: float | None = None
+
+    def _write(self, rec: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        rec = {"kind": rec.pop("kind"), "attempt": self.attempt, **rec, "time": round(time.time(), 3)}
+        print("STEP " + json.dumps(rec), file=sys.stderr, flush=True)
+        if self.log_path:
+            os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         torch.cuda.synchronize()
@@ -43,28 +96,70 @@ class StepStats(Callback):
         if loss is None:
             v = trainer.callback_metrics.get("reduced_train_loss")
             loss = float(v) if v is not None else None
-        lr = None
-        try:
-            lr = float(trainer.optimizers[0].param_groups[0]["lr"])
-        except Exception:
-            pass
         tps_gpu = self.tokens_per_step / dt / self.world_size
         tflops = tps_gpu * self.flops_per_token / 1e12
-        rec = {
+        rss, used = _host_gib()
+        self._write({
+            "kind": "train",
             "step": int(trainer.global_step),
             "loss": loss,
-            "lr": lr,
+            "lr": _lr(trainer),
+            "consumed_samples": _consumed_samples(trainer),
             "step_time_s": round(dt, 4),
             "tokens_per_s_per_gpu": round(tps_gpu, 1),
             "tflops_per_gpu_causal": round(tflops, 1),
             "mfu_causal_vs_989": round(tflops / H100_H200_DENSE_BF16_TFLOPS, 4),
             "max_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
             "max_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
-            "rank": int(os.environ.get("RANK", "0")),
-        }
-        if rec["rank"] == 0:
-            print("STEP " + json.dumps(rec), file=sys.stderr, flush=True)
-            if self.log_path:
-                os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
-                with open(self.log_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+            "host_rss_gib": rss,
+            "host_used_gib": used,
+            "rank": self.rank,
+        })
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        v = trainer.callback_metrics.get("val_loss")
+        self._write({"kind": "val", "step": int(trainer.global_step),
+                     "val_loss": float(v) if v is not None else None})
+
+
+def _lr(trainer: Any) -> float | None:
+    try:
+        return float(trainer.optimizers[0].param_groups[0]["lr"])
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+
+
+def _consumed_samples(trainer: Any) -> int | None:
+    """Samples consumed so far, as NeMo names checkpoints by it (its data sampler counts from the resumed step)."""
+    sampler = getattr(getattr(trainer, "datamodule", None), "data_sampler", None)
+    try:
+        return int(sampler.compute_consumed_samples(trainer.global_step - sampler.init_global_step))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+from nemo.lightning.pytorch.callbacks.model_checkpoint import ModelCheckpoint  # noqa: E402 (NeMo: job side only)
+
+
+class FlagCheckpoint(ModelCheckpoint):
+    """NeMo's ModelCheckpoint, saving only every ``every_n_train_steps`` and once at the end of training.
+
+    Lightning's ``on_validation_end`` calls ``_save_last_checkpoint`` whenever validation runs at a step with no
+    checkpoint; NeMo's ``_link_checkpoint`` then finds no checkpoint of that step to link to and writes a full
+    ``-last`` copy. Validation here writes nothing. The end of training, which NeMo only covered through that
+    validation save (its ``on_train_end`` saves when ``global_step % val_check_interval != 0``), is saved here:
+    a top-k checkpoint of the last step (so ``save_top_k`` counts it and removes the oldest) and its ``-last`` link.
+    """
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        return
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.fast_dev_run and self._last_global_step_saved != trainer.global_step \
+                and trainer.global_step > 0:
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)

@@ -47,6 +47,21 @@ def _data_paths(spec: TrainSpec) -> dict[str, list[Any]]:
     }
 
 
+def _sdpa_model_config(mc: Any) -> None:
+    """megatron-core local layers + SDPA core attention; the TE/apex-only fusions off (see recipes.sdpa). Without
+    TE megatron-core refuses a config that asks for them (``apply_rope_fusion is not available``), so convert and
+    export, which build the same model, need this too."""
+    mc.transformer_layer_spec = sdpa_layer_spec
+    mc.forward_step_fn = sdpa_forward_step
+    mc.apply_rope_fusion = False
+    mc.masked_softmax_fusion = False
+    mc.gradient_accumulation_fusion = False
+    mc.persist_layer_norm = False
+    mc.bias_activation_fusion = True
+    mc.bias_dropout_fusion = True
+    mc.cross_entropy_loss_fusion = True
+
+
 def _recipe_module(model_name: str) -> Any:
     return importlib.import_module(f"nemo.collections.llm.recipes.{get_model(model_name).nemo_recipe}")
 
@@ -94,16 +109,7 @@ def train_recipe(spec: TrainSpec, attention: ResolvedAttention | None = None) ->
         mc.recompute_method = "uniform"
         mc.recompute_num_layers = spec.recompute_num_layers or 1
     if attention == "sdpa":
-        # megatron-core local layers + SDPA core attention; TE/apex-only fusions off (see recipes.sdpa).
-        mc.transformer_layer_spec = sdpa_layer_spec
-        mc.forward_step_fn = sdpa_forward_step
-        mc.apply_rope_fusion = False
-        mc.masked_softmax_fusion = False
-        mc.gradient_accumulation_fusion = False
-        mc.persist_layer_norm = False
-        mc.bias_activation_fusion = True
-        mc.bias_dropout_fusion = True
-        mc.cross_entropy_loss_fusion = True
+        _sdpa_model_config(mc)
 
     # --- trainer / strategy ------------------------------------------------------------------------------------
     tr = recipe.trainer
@@ -195,8 +201,10 @@ def train_recipe(spec: TrainSpec, attention: ResolvedAttention | None = None) ->
     )
 
     # --- logging and checkpoints -------------------------------------------------------------------------------
+    from recipes.callbacks import FlagCheckpoint, StepStats
+
     ckpt = run.Config(
-        nl.ModelCheckpoint,
+        FlagCheckpoint,  # saves every ckpt_every_n_steps and at the end; never because validation ran
         dirpath=spec.checkpoint_dir,
         filename=ckpt_filename(spec.run_name),
         monitor="step",
@@ -239,15 +247,14 @@ def train_recipe(spec: TrainSpec, attention: ResolvedAttention | None = None) ->
     )
 
     # --- callbacks ---------------------------------------------------------------------------------------------
-    from recipes.callbacks import StepStats
-
     tokens_per_step = p.gbs * spec.seq_length
     layers = spec.num_layers or m.num_layers
     flops_per_token = _scaled_model(spec.model, layers).flops_per_token(spec.seq_length, causal=True)
     tr.callbacks = [
         *(tr.callbacks or []),
         run.Config(StepStats, tokens_per_step=tokens_per_step, flops_per_token=flops_per_token,
-                   world_size=p.world_size, log_path=os.path.join(spec.log_dir, "step_stats.jsonl")),
+                   world_size=p.world_size,
+                   log_path=spec.step_log or os.path.join(spec.log_dir, "step_stats.jsonl")),
     ]
     if spec.peft == "lora":
         return _as_lora(recipe)
@@ -299,6 +306,10 @@ def convert_recipe(spec: ConvertSpec) -> run.Partial:
     if probs:
         raise ConfigError(probs)
     model = _recipe_module(spec.model).model()  # run.Config(LlamaModel, config=Llama31Config8B)
+    if spec.num_layers is not None:  # a cut-down HF model (tests): the NeMo config must have its layers
+        model.config.num_layers = spec.num_layers
+    if not te_available():
+        _sdpa_model_config(model.config)
     return run.Partial(llm.import_ckpt, model=model, source=f"hf://{spec.hf_model_dir}",
                        output_path=spec.output_path, overwrite=spec.overwrite)
 

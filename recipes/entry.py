@@ -115,12 +115,45 @@ def _patch_megatron_without_te() -> list[str]:
             sd["grad_scaler"] = self.grad_scaler.state_dict()
         return sd
 
+    # On load, megatron-core (distrib_optimizer.py, load_state_dict: "steps" -> one torch.tensor) puts ONE 'step'
+    # tensor into every parameter's state, and torch's load_state_dict keeps it uncopied. torch AdamW then adds 1
+    # to it once per parameter per step: after a resume the step count races ahead and Adam's bias correction
+    # is lost (the H200 resume drifted from the uninterrupted run from the second resumed step on). Give every
+    # parameter its own step tensor, as a fresh AdamW has.
+    ld_orig = DO.load_state_dict
+
+    def load_state_dict_own_steps(self: Any, state_dict: Any) -> Any:
+        out = ld_orig(self, state_dict)
+        untie_adam_steps(self.optimizer)
+        return out
+
+    DO.load_state_dict = load_state_dict_own_steps  # type: ignore[method-assign]
     DO.state_dict = state_dict_fresh_ok  # type: ignore[method-assign]
     DO._get_main_param_and_optimizer_states = get_wo_step  # type: ignore[method-assign]
     DO._set_main_param_and_optimizer_states = set_keep_step  # type: ignore[method-assign]
     done.append("DistributedOptimizer (torch AdamW fallback): per-param 'step' kept out of the sharded optimizer "
-                "state; fresh-optimizer state_dict() templated with step 0 for loading")
+                "state; fresh-optimizer state_dict() templated with step 0 for loading; one 'step' tensor per "
+                "parameter after loading")
     return done
+
+
+def untie_adam_steps(optimizer: Any) -> int:
+    """Give every parameter's Adam state its own ``step`` tensor where several share one object (see
+    ``_patch_megatron_without_te``); also inside a HybridDeviceOptimizer's sub-optimizers. Returns how many were
+    untied."""
+    import torch
+
+    seen: set[int] = set()
+    n = 0
+    for opt in (optimizer, *getattr(optimizer, "sub_optimizers", ())):
+        for st in getattr(opt, "state", {}).values():
+            step = st.get("step") if isinstance(st, dict) else None
+            if isinstance(step, torch.Tensor):
+                if id(step) in seen:
+                    st["step"] = step.detach().clone()
+                    n += 1
+                seen.add(id(st["step"]))
+    return n
 
 
 def _shim_missing_resiliency_ext() -> str | None:
@@ -184,11 +217,9 @@ def _run_train(spec: JobSpec, validate_only: bool) -> int:
 
     for p in _patch_megatron_without_te():
         log(f"compat: {p}")
-    if t.optimizer_offload and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
-        # Under the 47 GiB cap the first offloaded step failed with 6.97 GiB reserved-but-unallocated (fragmented)
-        # when the fp32 logits asked for 3.91 GiB; expandable segments let the allocator reuse that space.
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
-        log("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (optimizer offload: GPU memory is the tight side)")
+    # The allocator reads PYTORCH_CUDA_ALLOC_CONF once, at CUDA's start: the stage script exports it (launcher.plan);
+    # set here it came too late (7.04 GiB stayed reserved-but-unallocated at an OOM under the 47 GiB cap).
+    log(f"PYTORCH_CUDA_ALLOC_CONF={os.environ.get('PYTORCH_CUDA_ALLOC_CONF', '(unset)')}")
     _apply_gpu_memory_cap(t.gpu_memory_cap_gib)
     import fiddle as fdl
 
@@ -232,12 +263,31 @@ def _run_convert(spec: JobSpec, validate_only: bool) -> int:
     if validate_only:
         print(recipe)
         return EXIT_OK
-    if Path(spec.convert.output_path).exists() and not spec.convert.overwrite:
-        log(f"convert: {spec.convert.output_path} exists; keeping it (overwrite=false)")
+    out = Path(spec.convert.output_path)
+    if (out / "context").is_dir() and (out / "weights").is_dir() and not spec.convert.overwrite:
+        log(f"convert: {out} holds a converted checkpoint; keeping it (overwrite=false)")
         return EXIT_OK
+    if out.exists() and not spec.convert.overwrite:
+        print(f"error: jobspec convert.output_path: {out} exists but is not a NeMo checkpoint (context/, weights/); "
+              "not writing over it: move it away", file=sys.stderr)
+        return EXIT_USAGE
+    import shutil
+
     import fiddle as fdl
 
-    fdl.build(recipe)()
+    from recipes.hf_io import cpu_only_saves, hf_connectors_without_te
+
+    # written beside the output and renamed when complete: a convert killed half-way leaves no directory that the
+    # next attempt (or train's restore) would take for a checkpoint
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    recipe.output_path = str(partial)
+    with hf_connectors_without_te(), cpu_only_saves():
+        fdl.build(recipe)()
+    if out.exists():  # overwrite=true
+        shutil.rmtree(out)
+    partial.rename(out)
+    log(f"convert: {spec.convert.hf_model_dir} -> {out}")
     return EXIT_OK
 
 
@@ -267,8 +317,24 @@ def _run_export(spec: JobSpec, validate_only: bool) -> int:
         return EXIT_OK
     import fiddle as fdl
 
-    for r in steps:
-        fdl.build(r)()
+    from recipes.hf_io import cpu_only_saves, hf_connectors_without_te
+
+    import shutil
+
+    out = Path(e.output_path)
+    if out.exists() and not e.overwrite:
+        print(f"error: jobspec export.output_path: {out} exists; not writing over it (move it away)", file=sys.stderr)
+        return EXIT_USAGE
+    partial = out.with_name(out.name + ".partial")  # renamed when complete, as in convert
+    shutil.rmtree(partial, ignore_errors=True)
+    steps[-1].output_path = str(partial)
+    with hf_connectors_without_te(), cpu_only_saves():
+        for r in steps:
+            fdl.build(r)()
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    log(f"export: wrote {out}")
     return EXIT_OK
 
 

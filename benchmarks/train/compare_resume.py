@@ -1,12 +1,13 @@
-"""Did a killed-and-resumed run continue the same loss curve?
+"""Did a killed-and-resumed run continue the same loss curve, within the noise of two uninterrupted runs?
 
-usage: python benchmarks/train/compare_resume.py REFERENCE.jsonl RESUMED.jsonl [--tol 0.02]
+usage: python benchmarks/train/compare_resume.py RESUMED.jsonl REFERENCE_A.jsonl [REFERENCE_B.jsonl] [--floor 1e-3]
 
-REFERENCE: ``step_stats.jsonl`` of an uninterrupted run of the same JobSpec (same seed, data order, schedule).
-RESUMED: the ``step_stats.jsonl`` of the run that was killed and restarted with the same command; it holds the first
-attempt's steps, then the resumed attempt's (the step number drops where the restart began: the steps after the last
-checkpoint run again). Prints, for the resumed attempt, each step's loss and lr next to the reference and the
-largest absolute loss difference; exit 1 if it exceeds --tol or the lr schedule differs, 2 if nothing was resumed.
+Each file is a run's step log (``logs/train_steps.jsonl``: one JSON line per step, ``kind`` train/val, with its
+``attempt``). RESUMED was killed and restarted with ``--resume``; A and B ran the same spec without interruption.
+For every step of RESUMED's last attempt it prints loss, lr and consumed samples next to A's; the noise is the
+largest |A - B| loss difference over those same steps. Exit 0 when the largest |RESUMED - A| is within
+max(2 x noise, --floor), the lr matches A's at every step and consumed_samples continues (equals A's); 1 otherwise;
+2 when nothing was resumed.
 """
 
 from __future__ import annotations
@@ -17,50 +18,77 @@ import sys
 from pathlib import Path
 
 
-def load(p: Path) -> list[dict[str, float]]:
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip().startswith("{")]
+def train_steps(p: Path) -> list[dict]:
+    rows = []
+    for ln in p.read_text().splitlines():
+        try:
+            r = json.loads(ln)
+        except ValueError:
+            continue  # a line cut short by kill -9
+        if r.get("kind", "train") == "train":
+            rows.append(r)
+    return rows
 
 
-def attempts(rows: list[dict[str, float]]) -> list[list[dict[str, float]]]:
-    """Split a step log into attempts: a new attempt starts where the step number does not increase."""
-    out: list[list[dict[str, float]]] = []
-    for r in rows:
-        if not out or r["step"] <= out[-1][-1]["step"]:
-            out.append([])
-        out[-1].append(r)
-    return out
+def by_step(rows: list[dict]) -> dict[int, dict]:
+    return {int(r["step"]): r for r in rows}  # the last attempt wins where steps repeat
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("reference", type=Path)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("resumed", type=Path)
-    ap.add_argument("--tol", type=float, default=0.02, help="largest allowed |loss difference| (default 0.02)")
-    a = ap.parse_args()
-    ref = {int(r["step"]): r for r in load(a.reference)}
-    parts = attempts(load(a.resumed))
-    if len(parts) < 2:
-        print(f"{a.resumed}: one attempt only (steps {parts[0][0]['step'] if parts else '-'}.."
-              f"{parts[0][-1]['step'] if parts else '-'}): nothing was resumed")
+    ap.add_argument("reference_a", type=Path)
+    ap.add_argument("reference_b", type=Path, nargs="?")
+    ap.add_argument("--floor", type=float, default=1e-3, help="smallest tolerance on |loss difference|")
+    ap.add_argument("--json", type=Path, help="also write the comparison as JSON")
+    a = ap.parse_args(argv)
+    rows = train_steps(a.resumed)
+    attempts = sorted({int(r.get("attempt", 1)) for r in rows})
+    if len(attempts) < 2:
+        print(f"{a.resumed}: one attempt only: nothing was resumed")
         return 2
-    first, resumed = parts[0], parts[-1]
-    print(f"first attempt: steps {first[0]['step']}..{first[-1]['step']}; resumed attempt: steps "
-          f"{resumed[0]['step']}..{resumed[-1]['step']} ({len(parts)} attempts)")
-    worst, lr_bad = 0.0, []
-    print(f"{'step':>5s} {'loss resumed':>13s} {'loss reference':>15s} {'diff':>9s} {'lr resumed':>11s} {'lr ref':>11s}")
-    for r in resumed:
+    last = [r for r in rows if int(r.get("attempt", 1)) == attempts[-1]]
+    first = [r for r in rows if int(r.get("attempt", 1)) == attempts[0]]
+    ref_a = by_step(train_steps(a.reference_a))
+    ref_b = by_step(train_steps(a.reference_b)) if a.reference_b else {}
+    print(f"attempt {attempts[0]}: steps {first[0]['step']}..{first[-1]['step']}; attempt {attempts[-1]} (resumed): "
+          f"steps {last[0]['step']}..{last[-1]['step']}")
+    print(f"{'step':>5s} {'loss resumed':>13s} {'loss A':>9s} {'loss B':>9s} {'resumed-A':>10s} {'B-A':>9s} "
+          f"{'lr resumed':>11s} {'lr A':>11s} {'samples':>8s} {'A':>6s}")
+    worst, noise, lr_bad, samples_bad, missing = 0.0, 0.0, [], [], []
+    table = []
+    for r in last:
         s = int(r["step"])
-        if s not in ref:
-            print(f"{s:>5d} {r['loss']:>13.4f} {'-':>15s}")
+        ra = ref_a.get(s)
+        if ra is None:
+            missing.append(s)
             continue
-        d = r["loss"] - ref[s]["loss"]
+        rb = ref_b.get(s)
+        d = r["loss"] - ra["loss"]
+        dn = (rb["loss"] - ra["loss"]) if rb else None
         worst = max(worst, abs(d))
-        if abs(r["lr"] - ref[s]["lr"]) > 1e-12 + 1e-6 * abs(ref[s]["lr"]):
+        if dn is not None:
+            noise = max(noise, abs(dn))
+        if abs(r["lr"] - ra["lr"]) > 1e-12 + 1e-6 * abs(ra["lr"]):
             lr_bad.append(s)
-        print(f"{s:>5d} {r['loss']:>13.4f} {ref[s]['loss']:>15.4f} {d:>+9.4f} {r['lr']:>11.4e} {ref[s]['lr']:>11.4e}")
-    print(f"largest |loss difference| {worst:.4f} (tolerance {a.tol}); lr schedule "
-          + ("matches" if not lr_bad else f"DIFFERS at steps {lr_bad}"))
-    return 0 if worst <= a.tol and not lr_bad else 1
+        if r.get("consumed_samples") != ra.get("consumed_samples"):
+            samples_bad.append(s)
+        table.append({"step": s, "resumed": r["loss"], "a": ra["loss"], "b": rb["loss"] if rb else None,
+                      "lr": r["lr"], "lr_a": ra["lr"], "consumed_samples": r.get("consumed_samples"),
+                      "consumed_samples_a": ra.get("consumed_samples")})
+        print(f"{s:>5d} {r['loss']:>13.4f} {ra['loss']:>9.4f} {rb['loss'] if rb else float('nan'):>9.4f} {d:>+10.4f} "
+              f"{dn if dn is not None else float('nan'):>+9.4f} {r['lr']:>11.4e} {ra['lr']:>11.4e} "
+              f"{r.get('consumed_samples')!s:>8s} {ra.get('consumed_samples')!s:>6s}")
+    tol = max(2 * noise, a.floor)
+    ok = bool(table) and worst <= tol and not lr_bad and not samples_bad and not missing
+    print(f"largest |resumed - A| {worst:.5f}; noise max |B - A| {noise:.5f}; tolerance max(2 x noise, {a.floor}) = "
+          f"{tol:.5f}; lr {'matches' if not lr_bad else f'DIFFERS at {lr_bad}'}; consumed_samples "
+          f"{'continues' if not samples_bad else f'DIFFERS at {samples_bad}'}"
+          + (f"; steps missing from A: {missing}" if missing else "") + f" -> {'OK' if ok else 'FAIL'}")
+    if a.json:
+        a.json.write_text(json.dumps({"ok": ok, "worst": worst, "noise": noise, "tolerance": tol, "lr_bad": lr_bad,
+                                      "samples_bad": samples_bad, "steps": table}, indent=1) + "\n")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
