@@ -50,6 +50,10 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt-keep", type=int, metavar="K",
                    help="finished checkpoints kept (default 2, or 1 where only one fits): K+1 must fit the "
                         "checkpoint directory's free space, which the pre-flight checks")
+    g.add_argument("--ckpt-async", choices=("on", "off"), default="on",
+                   help="write checkpoints in the background (default on); NeMo 2.7.3 finalizes a background save "
+                        "only when a later save starts, so a kill loses up to two intervals: off makes each "
+                        "checkpoint final when its step ends")
     g.add_argument("--val-every", type=int, dest="val_every_n_steps",
                    help="validate every N steps (default 15, and at the end of a shorter run)")
     g.add_argument("--attention", choices=("te", "sdpa", "auto"), help="attention kernel (default: the profile's)")
@@ -162,7 +166,8 @@ def _overrides(args: argparse.Namespace) -> Any:
         container_image=args.container_image, run_name=args.run_name, num_layers=args.num_layers, tp=args.tp,
         pp=args.pp, cp=args.cp, recompute=args.recompute, optimizer_offload=args.optimizer_offload, peft=args.peft,
         fp8=args.fp8, attention=args.attention, ckpt_every_n_steps=args.ckpt_every_n_steps,
-        ckpt_keep=args.ckpt_keep, val_every_n_steps=args.val_every_n_steps, resume=resume,
+        ckpt_keep=args.ckpt_keep, ckpt_async=args.ckpt_async == "on", val_every_n_steps=args.val_every_n_steps,
+        resume=resume,
         random_init=args.random_init,
     )
 

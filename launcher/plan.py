@@ -56,6 +56,7 @@ class Overrides:
     attention: Literal["te", "sdpa", "auto"] | None = None
     ckpt_every_n_steps: int | None = None
     ckpt_keep: int | None = None  # finished checkpoints kept; None: 2, or fewer where only fewer fit the disk
+    ckpt_async: bool = True
     val_every_n_steps: int | None = None
     resume: Literal["auto", "resume", "fresh"] = "auto"
     random_init: bool = False  # benchmarks: random weights, no download/convert; the tokenizer from model_dir
@@ -310,6 +311,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         val_check_interval=min(ov.val_every_n_steps or 15, max_steps),
         ckpt_every_n_steps=ov.ckpt_every_n_steps or 15,
         ckpt_keep=ckpt_keep,
+        ckpt_async_save=ov.ckpt_async,
         fp8=ov.fp8,
         recompute=choice.recompute,
         # what the memory model assumed: full = uniform, one layer at a time (planner.recompute_settings)

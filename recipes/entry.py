@@ -257,20 +257,21 @@ def _slurm_requeue_contract(recipe: Any) -> None:
 
 
 def _run_convert(spec: JobSpec, validate_only: bool) -> int:
+    out = Path(spec.convert.output_path)
+    if not validate_only and not spec.convert.overwrite:  # decided before NeMo's ~20 s import
+        if (out / "context").is_dir() and (out / "weights").is_dir():
+            log(f"convert: {out} holds a converted checkpoint; keeping it (overwrite=false)")
+            return EXIT_OK
+        if out.exists():
+            print(f"error: jobspec convert.output_path: {out} exists but is not a NeMo checkpoint (context/, "
+                  "weights/); not writing over it: move it away", file=sys.stderr)
+            return EXIT_USAGE
     from recipes.cpt import convert_recipe
 
     recipe = convert_recipe(spec.convert)
     if validate_only:
         print(recipe)
         return EXIT_OK
-    out = Path(spec.convert.output_path)
-    if (out / "context").is_dir() and (out / "weights").is_dir() and not spec.convert.overwrite:
-        log(f"convert: {out} holds a converted checkpoint; keeping it (overwrite=false)")
-        return EXIT_OK
-    if out.exists() and not spec.convert.overwrite:
-        print(f"error: jobspec convert.output_path: {out} exists but is not a NeMo checkpoint (context/, weights/); "
-              "not writing over it: move it away", file=sys.stderr)
-        return EXIT_USAGE
     import shutil
 
     import fiddle as fdl

@@ -55,25 +55,27 @@ timeout $(left) python3 benchmarks/train/make_base_model.py $ROOT/models/base-1b
 note "base model rc=$?"
 
 COMMON=(--cluster benchmarks/train/h200-device.yaml --model llama3.2-1b --num-layers 4
-        --model-dir $ROOT/models/base-1b4 --max-steps 30 --gbs 8 --mbs 1 --val-every 10 --recompute none
+        --model-dir $ROOT/models/base-1b4 --max-steps 40 --gbs 8 --mbs 1 --val-every 10 --recompute none
         --optimizer-offload off)
 PIPE=(python3 -m launcher.cli "${COMMON[@]}" --data jsonl/ja_train.jsonl --valid-data jsonl/ja_valid.jsonl
-      --ckpt-every 10 --ckpt-keep 1 --run-name pipe --wait)
+      --ckpt-every 10 --ckpt-keep 1 --ckpt-async off --run-name pipe --wait)
 ref() { timeout $(( $(left) - 60 )) python3 -m launcher.cli "${COMMON[@]}" --data tokenized/jsonl_ja_train_text_document \
-          --valid-data tokenized/jsonl_ja_valid_text_document --ckpt-every 1000 --ckpt-keep 1 --run-name $1 --wait; }
+          --valid-data tokenized/jsonl_ja_valid_text_document --ckpt-every 1000 --ckpt-keep 1 --ckpt-async off --run-name $1 --wait; }
 RUN=$ROOT/runs/pipe
 STEPS=$RUN/logs/train_steps.jsonl
 
 note "START ${PIPE[*]}"
 setsid "${PIPE[@]}" > $R/pipe_attempt1.log 2>&1 &
 L=$!
-refs_started=0
+refs_started=0 PA= PB=
 while kill -0 $L 2>/dev/null && [ $(left) -gt 200 ]; do
-  sleep 2
+  sleep 0.5
   if [ $refs_started = 0 ] && [ "$(stage_state $RUN train)" = RUNNING ]; then
     note "pipe train started: starting refA and refB beside it"
     (ref refA > $R/refA.log 2>&1; note "refA rc=$?") &
+    PA=$!
     (sleep 5; ref refB > $R/refB.log 2>&1; note "refB rc=$?") &
+    PB=$!
     refs_started=1
   fi
   n=$(grep -c '"kind": "train"' $STEPS 2>/dev/null); n=${n:-0}
@@ -89,7 +91,7 @@ ls -la $RUN/checkpoints >> $R/timeline.txt 2>&1
 note "RESUME ${PIPE[*]} --resume"
 timeout $(( $(left) - 45 )) "${PIPE[@]}" --resume > $R/pipe_attempt2.log 2>&1
 note "resumed pipeline rc=$?"
-wait
+[ -n "$PA" ] && wait $PA $PB   # not a bare wait: the host-memory sampler runs until the end
 note "loss proofs"
 timeout $(( $(left) - 5 )) python3 benchmarks/train/loss_proofs.py $RUN --base-hf $ROOT/models/base-1b4 \
     --export-hf "$(python3 -c "import json; print(json.load(open('$RUN/jobspec.json'))['export']['output_path'])")" --json $R/loss_proofs.json > $R/loss_proofs.txt 2>&1
