@@ -59,6 +59,29 @@ def previous_attempts(log_path: str | None) -> int:
     return best
 
 
+def complete_current_batch(checkpoint: dict[str, Any]) -> None:
+    """Record the batch a checkpoint is written in as completed.
+
+    ``every_n_train_steps`` saves in ``on_train_batch_end``, where Lightning (2.4) has counted the batch ``ready`` and
+    ``processed`` but not yet ``completed``. On restart it rewinds ``ready`` to ``completed`` while the step and
+    the data position (``consumed_samples``) are those after the batch: every later ``val_check_interval`` decision
+    comes one batch late. Seen on the H200 and replayed with a plain Lightning Trainer: validation every 10 ran at
+    steps 11, 21, 31 after resuming from step 10, and the last one (step 40) never ran.
+    """
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = loops.get("epoch_loop.batch_progress")
+    if not progress:
+        return
+    behind = progress["current"]["ready"] - progress["current"]["completed"]
+    if behind <= 0:
+        return
+    for part in ("current", "total"):
+        progress[part]["completed"] = progress[part]["ready"]
+    state = loops.get("epoch_loop.state_dict", {})
+    if "_batches_that_stepped" in state:
+        state["_batches_that_stepped"] += behind
+
+
 class StepStats(Callback):
     def __init__(self, tokens_per_step: int, flops_per_token: float, world_size: int, log_path: str | None = None):
         self.tokens_per_step = tokens_per_step
@@ -151,10 +174,15 @@ class FlagCheckpoint(ModelCheckpoint):
     ``-last`` copy. Validation here writes nothing. The end of training, which NeMo only covered through that
     validation save (its ``on_train_end`` saves when ``global_step % val_check_interval != 0``), is saved here:
     a top-k checkpoint of the last step (so ``save_top_k`` counts it and removes the oldest) and its ``-last`` link.
+    A checkpoint written at the end of a batch records that batch as completed (``complete_current_batch``).
     """
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         return
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        complete_current_batch(checkpoint)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.fast_dev_run and self._last_global_step_saved != trainer.global_step \
