@@ -372,7 +372,7 @@ def _run_cmd(args: argparse.Namespace) -> int:
         else:
             print(f"run {manifest.run} ({manifest.cluster}, {manifest.backend}) {manifest.run_dir}")
             for name, r in manifest.stages.items():
-                print(f"  {name:9s} {r.job_id or '-':>10s}  {r.state}")
+                print(f"  {name:9s} {r.job_id or '-':>10s}  {r.state}" + (f"  ({r.reason})" if r.reason else ""))
         return EXIT_OK
     if args.cmd == "cancel":
         done = backend.cancel(manifest)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,36 @@ class StageRecord:
     outputs: dict[str, str] = field(default_factory=dict)
     depends_on: list[str] = field(default_factory=list)
     exit_code: int | None = None
+    reason: str = ""  # why a stage ended FAILED or CANCELLED, in one line (from its log where it says)
+
+
+# What a failed stage's log says, most specific first: the manifest's reason names it.
+FAILURE_SIGNS: tuple[tuple[str, str], ...] = (
+    ("No space left on device", "disk full (No space left on device)"),
+    ("unexpected pos", "disk full while writing a checkpoint (torch: 'unexpected pos')"),
+    ("CUDA out of memory", "GPU out of memory"),
+    ("OutOfMemoryError", "GPU out of memory"),
+    ("Killed", "killed (by the kernel's OOM killer or a signal)"),
+)
+
+
+def failure_reason(log_path: str | Path, tail_bytes: int = 256 * 1024) -> str:
+    """One line for the manifest: the first known sign in the end of a stage's log, else its last error line."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - tail_bytes))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    text = "\n".join(lines)
+    for sign, why in FAILURE_SIGNS:
+        if sign in text:
+            return why
+    for line in reversed(lines):
+        if "Error" in line or "error:" in line or "Exception" in line:
+            return line.strip()[:300]
+    return ""
 
 
 @dataclass
@@ -60,7 +91,17 @@ class Manifest:
                    stages={k: StageRecord(**v) for k, v in d["stages"].items()})
 
     def save(self) -> None:
-        atomic_write(Path(self.run_dir) / "manifest.json", json.dumps(self.to_json(), indent=2) + "\n")
+        """Atomically; on a full disk (the run's own checkpoints can fill it) in place, so that a FAILED state is
+        still recorded rather than the last RUNNING."""
+        path = Path(self.run_dir) / "manifest.json"
+        text = json.dumps(self.to_json(), indent=2) + "\n"
+        try:
+            atomic_write(path, text)
+        except OSError as e:
+            with open(path, "r+" if path.exists() else "w") as f:  # reuses the file's blocks
+                f.write(text)
+                f.truncate()
+            print(f"[cpt-launch] {path}: written in place ({e.strerror})", file=sys.stderr)
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:

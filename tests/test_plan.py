@@ -242,3 +242,35 @@ def test_the_device_benchmark_profile_plans_the_benchmark_run() -> None:
     assert t.random_init and t.num_layers == 8 and t.attention == "sdpa" and not t.optimizer_offload
     assert t.train_data == ["/tmp/cpt/data/ja_text_document"] and t.valid_data == ["/tmp/cpt/data/ja_valid_text_document"]
     assert [s.name for s in p.active_stages] == ["train", "export"]
+
+
+def test_a_local_model_dir_skips_download_and_names_its_own_converted_checkpoint() -> None:
+    p = plan("workstation-48gb", model_dir="/m/tiny-llama", num_layers=4, model="llama3.2-1b")
+    assert p.stage("download").skip_reason and "/m/tiny-llama" in p.stage("download").skip_reason
+    assert p.stage("convert").depends_on == () and p.stage("convert").skip_reason is None
+    # two model dirs, or a cut-down copy of one, never share one converted checkpoint
+    assert p.jobspec.convert.output_path.endswith("/tiny-llama-4l-nemo")
+    assert p.jobspec.train.base_checkpoint == p.jobspec.convert.output_path
+    assert p.jobspec.convert.num_layers == p.jobspec.export.num_layers == 4
+    assert plan("workstation-48gb").jobspec.convert.output_path.endswith("/Llama-3.1-8B-nemo")
+
+
+def test_the_allocator_setting_is_in_the_train_script_before_python_starts() -> None:
+    p = plan("workstation-48gb")
+    train = p.stage("train").script
+    assert "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in train
+    assert train.index("PYTORCH_CUDA_ALLOC_CONF") < train.index("recipes.entry")
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in p.stage("convert").script  # CPU stages: no CUDA allocator
+
+
+def test_the_step_log_lives_outside_nemos_log_dir() -> None:
+    t = plan("workstation-48gb").jobspec.train
+    # NeMo's logger moves the files it finds in log_dir into run_N/ on a resume: the step log would vanish
+    assert not t.step_log.startswith(t.log_dir.rstrip("/") + "/")
+    assert t.step_log.endswith("/logs/train_steps.jsonl")
+
+
+def test_checkpoint_and_validation_flags_reach_the_job_spec() -> None:
+    t = plan("workstation-48gb", ckpt_every_n_steps=20, ckpt_keep=3, ckpt_async=False, val_every_n_steps=10,
+             max_steps=40).jobspec.train
+    assert (t.ckpt_every_n_steps, t.ckpt_keep, t.ckpt_async_save, t.val_check_interval) == (20, 3, False, 10)

@@ -350,12 +350,13 @@ def test_random_init_needs_the_tokenizer_only(site: dict[str, Path]) -> None:
     assert "GPT-2" in by_where(run_preflight(f2, FS))["tokenizer_dir /models/nowhere"].message
 
 
-def _local_plan(tmp_path: Path, profile: str):  # type: ignore[no-untyped-def]
+def _local_plan(tmp_path: Path, profile: str, model_dir: bool = True):  # type: ignore[no-untyped-def]
     from launcher.plan import Overrides, PlanContext, build_plan
     from launcher.profiles import load_profile
 
     prof = load_profile(str(Path(__file__).resolve().parent.parent / "clusters" / f"{profile}.yaml"))
-    ov = Overrides(data=("ja/*.jsonl",), valid_data=("ja/valid.jsonl",), model_dir=str(tmp_path / "m"))
+    ov = Overrides(data=("ja/*.jsonl",), valid_data=("ja/valid.jsonl",),
+                   model_dir=str(tmp_path / "m") if model_dir else None)
     return build_plan(prof, ov, PlanContext(code_dir=str(Path(__file__).resolve().parent.parent), command="t",
                                             run_name="t1"))
 
@@ -381,7 +382,9 @@ def test_a_job_python_without_nemo_is_refused_before_the_run(tmp_path: Path, pro
     problems = {p.where: p.message for p in check_job_python(_local_plan(tmp_path, profile), {"PATH": path})}
     assert "cannot import torch, nemo, megatron.core, lightning" in problems["job python (train stage)"]
     assert "cannot import numpy, tokenizers" in problems["job python (tokenize stage)"]
-    assert "huggingface_hub" in problems["job python (download stage)"]
+    assert "job python (download stage)" not in problems  # --model-dir: the download stage is skipped
+    downloading = check_job_python(_local_plan(tmp_path, profile, model_dir=False), {"PATH": path})
+    assert "huggingface_hub" in {p.where: p.message for p in downloading}["job python (download stage)"]
     assert str(bare / "bin" / "python3") in problems["job python (train stage)"]
     assert ("job torchrun" in problems) is (profile == "single-node")
     # no python3 at all on PATH
@@ -436,3 +439,59 @@ def test_local_training_needs_the_gpus_here(tmp_path: Path) -> None:
     assert "2 are usable here" in p[0].message and "CUDA_VISIBLE_DEVICES='0,1'" in p[0].message
     # Slurm profiles are never probed on the login node
     assert check_local_gpus(_local_plan(tmp_path, "dgx-h100"), {"PATH": ""}) == []
+
+
+class _FreeSpace(RealFileSystem):
+    """The real filesystem with a stated amount of free space: this machine's disk is not the size under test."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+    def free_bytes(self, path: str) -> int | None:
+        return self.free
+
+
+def test_checkpoints_that_do_not_fit_the_disk_are_refused_before_the_queue(site: dict[str, Path]) -> None:
+    from launcher.checkpoints import checkpoint_bytes
+
+    m8 = dataclasses.replace(M8, num_layers=8)
+    one = checkpoint_bytes(m8)
+    assert abs(one / 2**30 - 36.5) < 0.2  # measured on the H200: 36.5 GiB for 8 layers of the 8B shape
+    assert abs(checkpoint_bytes(dataclasses.replace(M8, num_layers=4)) / 2**30 - 25.1) < 0.2  # measured: 25.1
+    f = facts(site, model=m8, checkpoint_bytes=one, ckpt_keep=2)
+    where = "checkpoint_dir /results/run1/checkpoints"
+    # the H200's 64 GiB disk: keep 2 + one in flight is 3 x 36.5 GiB; even keep 1 + one in flight does not fit
+    p = by_where(run_preflight(f, _FreeSpace(63 * 2**30)))[where]
+    assert p.severity == "error"
+    for part in ("36.5 GiB", "--ckpt-keep 2", "need 109.5 GiB", "63.0 GiB free", "--num-layers"):
+        assert part in p.message, (part, p.message)
+    assert "--ckpt-keep 1" not in p.message
+    assert "fix: --ckpt-keep 1 or" in by_where(run_preflight(f, _FreeSpace(100 * 2**30)))[where].message
+    assert where not in by_where(run_preflight(dataclasses.replace(f, ckpt_keep=1), _FreeSpace(74 * 2**30)))
+    # a resumed run's finished checkpoints already take their space (links and unfinished ones do not count)
+    ck = site["runs"] / "run1" / "checkpoints"
+    ck.mkdir(parents=True)
+    for name in ("r--step=9-consumed_samples=80.0", "r--step=19-consumed_samples=160.0"):
+        (ck / name).mkdir()
+    (ck / "r--step=19-consumed_samples=160.0-last").symlink_to(ck / "r--step=19-consumed_samples=160.0")
+    resumed = dataclasses.replace(f, resume="resume")
+    assert where not in by_where(run_preflight(resumed, _FreeSpace(37 * 2**30)))
+    assert where in by_where(run_preflight(resumed, _FreeSpace(30 * 2**30)))
+
+
+def test_the_plan_keeps_as_many_checkpoints_as_fit(tmp_path: Path) -> None:
+    from launcher.checkpoints import checkpoint_bytes
+    from launcher.plan import Overrides, PlanContext, build_plan
+    from launcher.profiles import load_profile
+
+    prof = load_profile(str(Path(__file__).resolve().parent.parent / "benchmarks" / "train" / "h200-device.yaml"))
+    ov = Overrides(num_layers=8, random_init=True, model_dir=str(tmp_path))
+
+    def keep(free: int | None, **kw: object) -> int:
+        ctx = PlanContext(code_dir="/src", command="t", run_name="k", ckpt_free_bytes=free)
+        return build_plan(prof, dataclasses.replace(ov, **kw), ctx).jobspec.train.ckpt_keep  # type: ignore[arg-type]
+
+    one = checkpoint_bytes(dataclasses.replace(M8, num_layers=8))
+    assert keep(None) == 2  # not looked at (a dry run): the default
+    assert keep(3 * one) == 2 and keep(2 * one + 1) == 1 and keep(one) == 1
+    assert keep(one, ckpt_keep=3) == 3  # a pinned keep is kept, and the pre-flight judges it

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from launcher.executors.base import OK_STATES, TERMINAL, Backend
-from launcher.manifest import Manifest
+from launcher.manifest import Manifest, failure_reason
 from launcher.plan import LaunchPlan, Stage
 
 
@@ -115,8 +115,9 @@ class NemoRunLocal(Backend):
                     exp.run(sequential=True, detach=False, tail_logs=False)
                 # the Experiment waits for its jobs when the `with` block exits: read the state after it
                 state = str(exp.jobs[0].state).split(".")[-1].upper()
-            except BaseException:  # Ctrl-C or nemo_run/docker refusing: nothing after this stage may run
+            except BaseException as e:  # Ctrl-C or nemo_run/docker refusing: nothing after this stage may run
                 rec.state = "FAILED"
+                rec.reason = f"the launcher stopped: {type(e).__name__}: {e}"[:300]
                 for other in manifest.stages.values():
                     if other.state == "PENDING":
                         other.state = "CANCELLED"
@@ -124,6 +125,11 @@ class NemoRunLocal(Backend):
                 raise
             rec.state = "COMPLETED" if state == "SUCCEEDED" else "CANCELLED" if marker.exists() else "FAILED"
             rec.exit_code = 0 if rec.state == "COMPLETED" else 1
+            if rec.state == "FAILED":
+                rec.reason = failure_reason(job_log if os.path.exists(job_log) else stage.log_path) or \
+                    f"nemo_run state {state}; see {stage.log_path}"
+            elif rec.state == "CANCELLED":
+                rec.reason = "cancelled (cpt-launch cancel, Ctrl-C or SIGTERM)"
             manifest.save()
             print(f"[cpt-launch] stage {stage.name}: {rec.state} in {time.time() - t0:.1f}s (log {stage.log_path})",
                   file=sys.stderr)
@@ -137,6 +143,8 @@ class NemoRunLocal(Backend):
                 pid = int(r.job_id.split(":")[1])
                 if not _alive(pid):
                     r.state = "FAILED"  # the launcher died before recording the end
+                    r.reason = (f"the launcher (pid {pid}) ended without recording the stage's end (killed?)"
+                                + (f"; its log says: {why}" if (why := failure_reason(r.log)) else ""))
         return manifest
 
     def cancel(self, manifest: Manifest) -> list[str]:
