@@ -5,7 +5,9 @@ Pure arithmetic over the model's shape: the launcher never imports NeMo to size 
 A NeMo 2 ``torch_dist`` checkpoint with optimizer state holds, per parameter, the bf16 weight (2 B), the fp32 master
 copy (4 B) and Adam's two fp32 moments (8 B): 14 B/param, whatever the parallelism (each rank writes its shard; the
 total is the model's). Measured on the H200 (``../shared/REFERENCE.md`` section 7): 36.5 GiB for 8 layers of the 8B
-shape, 25.1 GiB for 4 layers; this rule gives 36.5 and 25.0. A LoRA checkpoint holds the adapters only.
+shape, 25.1 GiB for 4 layers; this rule gives 36.5 and 25.0. With tied embeddings (Llama-3.2-1B) the checkpoint
+holds one more fp32 copy of the embedding matrix: 7.6 GiB measured for 4 layers of the 3.2-1B shape
+(``benchmarks/train/results/d2``), 6.7 by 14 B/param, 7.6 with the copy. A LoRA checkpoint holds the adapters only.
 
 At the peak a run holds ``keep`` finished checkpoints and one more being written (the newest is saved before the
 oldest is removed, and an async save overlaps the next steps): ``keep + 1`` of them must fit.
@@ -31,7 +33,8 @@ def checkpoint_bytes(model: ModelSpec, peft: str = "none") -> int:
         params = lora_params_per_layer(model, LORA_RANK) * model.num_layers
     else:
         params = model.num_params()
-    return params * BYTES_PER_PARAM_WITH_OPTIMIZER + OVERHEAD_BYTES
+    tied_copy = 4 * model.vocab_size * model.hidden_size if model.tied_embeddings and peft != "lora" else 0
+    return params * BYTES_PER_PARAM_WITH_OPTIMIZER + tied_copy + OVERHEAD_BYTES
 
 
 def bytes_needed(one: int, keep: int, finished_already: int = 0) -> int:

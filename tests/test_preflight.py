@@ -458,6 +458,8 @@ def test_checkpoints_that_do_not_fit_the_disk_are_refused_before_the_queue(site:
     one = checkpoint_bytes(m8)
     assert abs(one / 2**30 - 36.5) < 0.2  # measured on the H200: 36.5 GiB for 8 layers of the 8B shape
     assert abs(checkpoint_bytes(dataclasses.replace(M8, num_layers=4)) / 2**30 - 25.1) < 0.2  # measured: 25.1
+    tied = dataclasses.replace(MODELS["llama3.2-1b"], num_layers=4)
+    assert abs(checkpoint_bytes(tied) / 2**30 - 7.6) < 0.1  # measured: 7.6 (du) for 4 layers of the 3.2-1B shape
     f = facts(site, model=m8, checkpoint_bytes=one, ckpt_keep=2)
     where = "checkpoint_dir /results/run1/checkpoints"
     # the H200's 64 GiB disk: keep 2 + one in flight is 3 x 36.5 GiB; even keep 1 + one in flight does not fit
