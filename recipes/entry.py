@@ -292,8 +292,12 @@ def _run_convert(spec: JobSpec, validate_only: bool) -> int:
     return EXIT_OK
 
 
+EXPORT_SOURCE = "cpt_export_source.json"  # in the export directory: which checkpoint it was written from
+
+
 def _run_export(spec: JobSpec, validate_only: bool) -> int:
-    from recipes.cpt import export_recipe
+    import json
+    import shutil
 
     e = spec.export
     decision = decide_resume(_listdir(e.checkpoint_dir), None, allow_random_init=False)
@@ -302,6 +306,20 @@ def _run_export(spec: JobSpec, validate_only: bool) -> int:
               f"({decision.reason})", file=sys.stderr)
         return EXIT_USAGE
     ckpt = os.path.join(e.checkpoint_dir, decision.path)
+    out = Path(e.output_path)
+    if not validate_only and out.exists() and not e.overwrite:  # decided before NeMo's ~20 s import
+        try:
+            same = json.loads((out / EXPORT_SOURCE).read_text()).get("checkpoint") == decision.path
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if same:  # a --resume of a finished run: this export is of the newest checkpoint already
+            log(f"export: {out} is already the export of {decision.path}; keeping it")
+            return EXIT_OK
+        print(f"error: jobspec export.output_path: {out} exists and is not the export of {decision.path}; not "
+              "writing over it (move it away)", file=sys.stderr)
+        return EXIT_USAGE
+    from recipes.cpt import export_recipe
+
     steps = []
     if e.peft == "lora":  # adapters only: merged into the base weights first, next to the HF output
         from recipes.cpt import lora_merge_recipe
@@ -320,18 +338,13 @@ def _run_export(spec: JobSpec, validate_only: bool) -> int:
 
     from recipes.hf_io import cpu_only_saves, hf_connectors_without_te
 
-    import shutil
-
-    out = Path(e.output_path)
-    if out.exists() and not e.overwrite:
-        print(f"error: jobspec export.output_path: {out} exists; not writing over it (move it away)", file=sys.stderr)
-        return EXIT_USAGE
     partial = out.with_name(out.name + ".partial")  # renamed when complete, as in convert
     shutil.rmtree(partial, ignore_errors=True)
     steps[-1].output_path = str(partial)
     with hf_connectors_without_te(), cpu_only_saves():
         for r in steps:
             fdl.build(r)()
+    (partial / EXPORT_SOURCE).write_text(json.dumps({"checkpoint": decision.path}) + "\n")
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
