@@ -125,6 +125,12 @@ def build_parser(tokenize_args: bool = False) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    bad = [(i, a) for i, a in enumerate(args_list) if any(ord(c) < 32 or ord(c) == 127 for c in a)]
+    if bad:  # a newline or escape in a value has no place in a path, a name or an image, and could end up in a script
+        for i, a in bad:
+            print(f"cpt-launch: error: argument {i + 1} ({a!r}) holds a control character; allowed: printable "
+                  "text only", file=sys.stderr)
+        return EXIT_USAGE
     original = list(args_list)
     if args_list and args_list[0] not in SUBCOMMANDS and args_list[0] not in ("-h", "--help", "--version"):
         args_list.insert(0, "submit")  # `cpt-launch --cluster X` means submit

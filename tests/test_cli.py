@@ -151,3 +151,25 @@ def test_tokenize_without_the_data_extra_says_which_extra(tmp_path: Path) -> Non
     assert "Traceback" not in r.stderr
     assert "tokenize: error: needs the data extra (No module named 'numpy')" in r.stderr
     assert "pip install -e '.[data]'" in r.stderr
+
+
+def test_a_control_character_in_any_argument_is_refused_and_nothing_is_rendered(tmp_path: Path) -> None:
+    from launcher.cli import main
+
+    marker = tmp_path / "PWNED"
+    for argv in (["plan", "--cluster", "dgx-h100", f"--data=/tmp/x\ntouch {marker} #.jsonl"],
+                 ["plan", "--cluster", "dgx-h100", "--run-name", "a\rb"],
+                 ["--cluster", "dgx-h100", "--dry-run", "--container-image", "img\x1b[2J"]):
+        assert main(argv) == 2
+    assert not marker.exists()
+
+
+def test_the_made_by_comment_stays_one_line() -> None:
+    from launcher.plan import Overrides, PlanContext, build_plan
+    from launcher.profiles import load_profile
+
+    ctx = PlanContext(code_dir="/src", command="cpt-launch --data=/x\ntouch /tmp/PWNED #", run_name="r")
+    for stage in build_plan(load_profile("dgx-h100"), Overrides(), ctx).stages:
+        made_by = [ln for ln in stage.script.splitlines() if ln.startswith("# Made by:")]
+        assert made_by == ["# Made by: cpt-launch --data=/x touch /tmp/PWNED #"]
+        assert not any(ln.startswith("touch") for ln in stage.script.splitlines())

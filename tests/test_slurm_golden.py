@@ -43,10 +43,19 @@ def test_dgx_h100_pyxis_scripts_match_golden(nodes: int, monkeypatch: pytest.Mon
     submitted: list[str] = []
     real_run = LocalTunnel.run
 
+    order = ["download", "convert", "tokenize", "train", "export"]
+
+    def stage_of(command: str) -> str:
+        found = [n for n in order if re.search(rf"[/._-]{n}(?:[/._-]|$)", command.split()[-1])]
+        assert len(found) == 1, command
+        return found[0]
+
     def fake_run(self: Any, command: str, *a: Any, **kw: Any) -> Any:
         if command.startswith("sbatch"):
+            # nemo_run submits convert and tokenize (one dependency level) from a thread pool, in either order:
+            # job ids by stage, not by arrival, so the goldens do not depend on the race
             submitted.append(command)
-            return SimpleNamespace(stdout=f"{1000 + len(submitted)}\n", stderr="", return_code=0)
+            return SimpleNamespace(stdout=f"{1001 + order.index(stage_of(command))}\n", stderr="", return_code=0)
         if command.startswith(("sacct", "squeue")):  # no cluster here: nothing is known about the jobs yet
             return SimpleNamespace(stdout="", stderr="", return_code=0)
         return real_run(self, command, *a, **kw)
@@ -59,10 +68,13 @@ def test_dgx_h100_pyxis_scripts_match_golden(nodes: int, monkeypatch: pytest.Mon
     try:
         assert [r.job_id for r in manifest.stages.values()] == ["1001", "1002", "1003", "1004", "1005"]
         # afterok chaining, in the order nemo_run submitted
-        deps = [re.findall(r"--dependency=(\S+)", c) for c in submitted]
-        assert deps == [[], ["afterok:1001"], ["afterok:1001"], ["afterok:1002:1003"], ["afterok:1004"]]
+        by_stage = {stage_of(c): c for c in submitted}
+        assert sorted(by_stage, key=order.index) == order and len(submitted) == 5
+        deps = {n: re.findall(r"--dependency=(\S+)", c) for n, c in by_stage.items()}
+        assert deps == {"download": [], "convert": ["afterok:1001"], "tokenize": ["afterok:1001"],
+                        "train": ["afterok:1002:1003"], "export": ["afterok:1004"]}
         texts = {}
-        for name, cmd in zip(manifest.stages, submitted):
+        for name, cmd in by_stage.items():
             script = Path(cmd.split()[-1]).read_text()
             assert "hf_PLANTEDSECRET0000" not in script
             texts[name] = re.sub(r"golden-\dn_\d{10,}", "<EXP_ID>", script)
