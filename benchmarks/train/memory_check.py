@@ -35,6 +35,7 @@ def check(jobspec: Path, stats: Path) -> dict[str, object]:
         grad_reduce_in_fp32=t.grad_reduce_in_fp32)
     est = estimate(model, cfg)
     rows = [json.loads(ln) for ln in stats.read_text().splitlines() if ln.strip().startswith("{")]
+    rows = [r for r in rows if r.get("kind", "train") == "train"]  # validation lines carry no memory figures
     if not rows:
         raise SystemExit(f"{stats}: no step lines")
     alloc = max(float(r["max_alloc_gib"]) for r in rows)
