@@ -42,7 +42,7 @@ def test_stage_runs_inside_a_docker_container(docker_image: str, tmp_path: Path)
                                            + struct.pack("<i", 3) + struct.pack("<q", 0) + struct.pack("<2q", 0, 1))
     r = subprocess.run([sys.executable, "-m", "launcher.cli", "--cluster", str(prof), "--run-name", "dk",
                         "--data", str(prefix), "--valid-data", str(prefix), "--max-steps", "1", "--gbs", "8",
-                        "--seq-length", "256"], capture_output=True, text=True, cwd=REPO, timeout=300,
+                        "--seq-length", "256", "--num-layers", "1"], capture_output=True, text=True, cwd=REPO, timeout=300,
                        env={**os.environ, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 4, r.stderr  # a stage failed: exit 4
     run_dir = tmp_path / "runs" / "dk"
