@@ -217,8 +217,11 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
     seq = ov.seq_length if ov.seq_length is not None else 8192
     gbs = ov.gbs if ov.gbs is not None else 1024
     max_steps = ov.max_steps if ov.max_steps is not None else 150
-    for flag, val in (("--seq-length", seq), ("--gbs", gbs), ("--max-steps", max_steps)):
-        if val < 1:
+    counts = (("--seq-length", seq), ("--gbs", gbs), ("--max-steps", max_steps),
+              ("--ckpt-every", ov.ckpt_every_n_steps), ("--ckpt-keep", ov.ckpt_keep),
+              ("--val-every", ov.val_every_n_steps))
+    for flag, val in counts:
+        if val is not None and val < 1:
             problems.append(Problem("error", flag, f"{flag.lstrip('-')}={val}: must be >= 1"))
     data_items = list(ov.data) or list(d.data)
     valid_items = list(ov.valid_data) or list(d.valid_data)

@@ -274,3 +274,12 @@ def test_checkpoint_and_validation_flags_reach_the_job_spec() -> None:
     t = plan("workstation-48gb", ckpt_every_n_steps=20, ckpt_keep=3, ckpt_async=False, val_every_n_steps=10,
              max_steps=40).jobspec.train
     assert (t.ckpt_every_n_steps, t.ckpt_keep, t.ckpt_async_save, t.val_check_interval) == (20, 3, False, 10)
+
+
+def test_checkpoint_and_validation_counts_below_one_name_their_flag() -> None:
+    with pytest.raises(ConfigError) as e:
+        plan("workstation-48gb", ckpt_keep=0, ckpt_every_n_steps=-3, val_every_n_steps=0)
+    where = {p.where: p.message for p in e.value.problems}
+    assert where["--ckpt-keep"] == "ckpt-keep=0: must be >= 1"
+    assert where["--ckpt-every"] == "ckpt-every=-3: must be >= 1"
+    assert where["--val-every"] == "val-every=0: must be >= 1"
