@@ -20,7 +20,6 @@ from typing import Any, Literal, Sequence
 from launcher import __version__
 from launcher.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SUBMIT, EXIT_USAGE, ConfigError, Problem
 
-SUBCOMMANDS = ("plan", "submit", "check", "status", "logs", "cancel", "tokenize")
 CODE_DIR = str(Path(__file__).resolve().parent.parent)
 
 
@@ -72,8 +71,16 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--explain", action="store_true", help="show the planner's candidates and why it chose")
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options anywhere: `--node 4` taken as `--nodes 4` hides a typo that could be `--nodes 40`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(tokenize_args: bool = False) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="cpt-launch",
         description="Continual pretraining of Llama-3.1-8B on Japanese text with NeMo 2: plan, check and submit "
                     "the whole pipeline (download, convert, tokenize, train, export) to Slurm, Docker or one node.",
@@ -82,7 +89,7 @@ def build_parser(tokenize_args: bool = False) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--version", action="version", version=f"cpt-launch {__version__}")
-    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
     sp = sub.add_parser("submit", help="plan, check and submit the pipeline (the default command)")
     _plan_args(sp)
     sp.add_argument("--dry-run", action="store_true", help="print the plan and every script; touch nothing")
@@ -132,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "text only", file=sys.stderr)
         return EXIT_USAGE
     original = list(args_list)
-    if args_list and args_list[0] not in SUBCOMMANDS and args_list[0] not in ("-h", "--help", "--version"):
+    if args_list and args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version"):
         args_list.insert(0, "submit")  # `cpt-launch --cluster X` means submit
     try:
         ap = build_parser(tokenize_args=bool(args_list) and args_list[0] == "tokenize")
@@ -140,10 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in e.problems:
             print(f"cpt-launch: {p}", file=sys.stderr)
         return EXIT_USAGE
-    args = ap.parse_args(args_list)
-    if args.cmd is None:
-        ap.print_help(sys.stderr)
+    if not args_list or args_list[0] in ("-h", "--help"):
+        print(_full_help(ap), file=sys.stdout if args_list else sys.stderr)
+        return EXIT_OK if args_list else EXIT_USAGE
+    mistake = _unknown_words(ap, args_list)
+    if mistake:
+        print(f"cpt-launch: error: {mistake}", file=sys.stderr)
         return EXIT_USAGE
+    args = ap.parse_args(args_list)
     try:
         if args.cmd == "tokenize":
             from launcher.data import cli as data_cli
@@ -156,6 +167,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in e.problems:
             print(f"cpt-launch: {p}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _subparsers(ap: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for a in ap._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            return dict(a.choices)
+    return {}
+
+
+def _full_help(ap: argparse.ArgumentParser) -> str:
+    """``cpt-launch --help``: the commands, then the options of the default command (submit), which a user
+    reaches without naming it."""
+    sub = _subparsers(ap)["submit"]
+    options = sub.format_help().split("\n\n", 1)[1]  # without submit's own usage lines
+    return ap.format_help() + "\nsubmit, the default command (cpt-launch [submit] --cluster ...):\n\n" + options
+
+
+def _unknown_words(ap: argparse.ArgumentParser, args: list[str]) -> str | None:
+    """A mistyped command or option, with the nearest valid one; argparse itself would take a prefix of an option
+    for the option (--node for --nodes), or report a missing --cluster for a mistyped --clster."""
+    import difflib
+
+    subs = _subparsers(ap)
+    cmd = args[0]
+    if cmd not in subs:
+        near = difflib.get_close_matches(cmd, list(subs), n=1, cutoff=0.5)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        return f"unknown command '{cmd}'{hint} (commands: {', '.join(subs)}; options alone mean submit)"
+    known = list(subs[cmd]._option_string_actions)
+    for a in args[1:]:
+        if a == "--":
+            break
+        name = a.split("=", 1)[0]
+        if a.startswith("--") and len(name) > 2 and name not in known:
+            near = difflib.get_close_matches(name, [k for k in known if k.startswith("--")], n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]}?" if near else f"; see cpt-launch {cmd} --help"
+            return f"unknown option {name} for '{cmd}'{hint}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -195,26 +244,19 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Any:
 
 
 def _plan_cmd(args: argparse.Namespace, argv: list[str]) -> int:
-    from launcher.plan import plan_json_text, plan_summary
-
     if getattr(args, "resume", False) and getattr(args, "fresh", False):
         raise ConfigError([Problem("error", "--resume/--fresh", "give one of them, not both")])
     plan = make_plan(args, argv)
     problems = list(plan.problems) + _preflight(plan, args)
     dry = args.cmd in ("plan", "check") or getattr(args, "dry_run", False)
+    # a dry run also looks at the files, read-only, but may run far from the cluster's storage: what it finds
+    # there is shown (labelled) and would stop a submission, yet does not fail the dry run
+    seen = _file_findings(plan) if dry and args.cmd != "check" else []
     errors = [p for p in problems if p.severity == "error"]
     if args.json and dry:
-        d = plan.to_json()
-        d["problems"] = [p.to_json() for p in problems]
-        print(json.dumps(d, indent=2))
+        _print_plan_json(plan, args, problems, seen)
     elif dry and args.cmd != "check":
-        sys.stdout.write(plan_summary(plan, explanation=not (args.explain and plan.explain_table)))
-        if args.explain and plan.explain_table:
-            sys.stdout.write("\n" + plan.explain_table + "\n")
-        for s in plan.stages:
-            if s.skip_reason:
-                continue
-            sys.stdout.write(f"\n# ===== stage {s.name}: {s.script_path} =====\n{s.script}")
+        _print_plan_text(plan, args, seen)
     for p in problems:
         if not args.json:
             print(f"cpt-launch: {p}", file=sys.stderr)
@@ -223,17 +265,58 @@ def _plan_cmd(args: argparse.Namespace, argv: list[str]) -> int:
     if errors:
         return EXIT_USAGE
     emit = getattr(args, "emit_sbatch", None)
-    if emit and dry:  # a dry run touches nothing: show what --emit-sbatch would write
+    if dry or emit is None:
+        return EXIT_OK if dry else _submit(plan, args)
+    return _emit(plan, emit)
+
+
+def _file_findings(plan: Any) -> list[Problem]:
+    """The pre-flight checks that read files (mounts, data, model, checkpoints), as this machine sees them."""
+    from launcher import preflight
+
+    every = preflight.check_plan(plan, env=dict(os.environ), filesystem=True)
+    fileless = set(preflight.check_plan(plan, env=dict(os.environ), filesystem=False))
+    return [p for p in every if p not in fileless]
+
+
+def _submissions(plan: Any, args: argparse.Namespace) -> dict[str, str]:
+    """Title -> text of what would be submitted: the sbatch scripts (#SBATCH, srun with the Pyxis flags)."""
+    emit = getattr(args, "emit_sbatch", None)
+    if emit:  # a dry run touches nothing: show what --emit-sbatch would write
         from launcher.sbatch import render_all
 
-        for name, text in render_all(plan).items():
-            sys.stdout.write(f"\n# ===== {os.path.join(emit, name)} =====\n{text}")
-        return EXIT_OK
-    if dry:
-        return EXIT_OK
-    if emit:
-        return _emit(plan, emit)
-    return _submit(plan, args)
+        return {os.path.join(emit, name): text for name, text in render_all(plan).items()}
+    from launcher.preview import submission_preview
+
+    return submission_preview(plan, getattr(args, "backend", "auto"))
+
+
+def _print_plan_json(plan: Any, args: argparse.Namespace, problems: list[Problem], seen: list[Problem]) -> None:
+    d = plan.to_json()
+    d["problems"] = ([dict(p.to_json(), check="plan") for p in problems]
+                     + [dict(p.to_json(), check="files (from this machine)") for p in seen])
+    if args.cmd != "check":
+        d["submission"] = _submissions(plan, args)
+    print(json.dumps(d, indent=2))
+
+
+def _print_plan_text(plan: Any, args: argparse.Namespace, seen: list[Problem]) -> None:
+    from launcher.plan import plan_summary
+
+    out = sys.stdout
+    out.write(plan_summary(plan, explanation=not (args.explain and plan.explain_table)))
+    if args.explain and plan.explain_table:
+        out.write("\n" + plan.explain_table + "\n")
+    for s in plan.stages:
+        if not s.skip_reason:
+            out.write(f"\n# ===== stage {s.name}: {s.script_path} =====\n{s.script}")
+    for title, text in _submissions(plan, args).items():
+        out.write(f"\n# ===== submitted: {title} =====\n{text}")
+    n_err = sum(p.severity == "error" for p in seen)
+    out.write(f"\n# ===== pre-flight of the files, read-only, from this machine: {n_err} error(s) that would stop "
+              f"a submission, {len(seen) - n_err} warning(s) (`cpt-launch check` exits 2 on them) =====\n")
+    for p in seen:
+        out.write(f"# {p}\n")
 
 
 def _prepare_run_dir(plan: Any) -> None:
