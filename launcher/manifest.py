@@ -13,6 +13,7 @@ Files are written to a temporary name and renamed, so a reader never sees half a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -130,7 +131,7 @@ def write_run_dir(plan: LaunchPlan, backend: str, *, resume: bool = False) -> Ma
                                    "use `cpt-launch status` to see it, --resume to continue it, --fresh to move it "
                                    "aside and start over, or another --run-name")])
     if old_manifest.exists():
-        old = Manifest.from_json(json.loads(old_manifest.read_text()))
+        old = load_manifest(old_manifest)
         attempt = old.attempt + 1
         os.replace(old_manifest, run_dir / f"manifest.attempt{old.attempt}.json")
     for sub in ("scripts", "logs", "checkpoints"):
@@ -144,6 +145,7 @@ def write_run_dir(plan: LaunchPlan, backend: str, *, resume: bool = False) -> Ma
                                              depends_on=list(s.depends_on))
                          for s in plan.active_stages})
     m.save()
+    remember_run(m)
     return m
 
 
@@ -178,12 +180,97 @@ def move_aside(path: str | Path, now: float | None = None) -> Path | None:
     return dst
 
 
+def load_manifest(path: Path) -> Manifest:
+    """A run's manifest, or a ConfigError naming the file, the field and what it holds (a manifest edited by
+    hand, truncated by a full disk or from another tool is reported, never a traceback)."""
+    where = str(path)
+    try:
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError([Problem("error", where, f"not a readable JSON manifest ({type(e).__name__}: {e})")])
+    problems = _manifest_problems(d, where)
+    if problems:
+        raise ConfigError(problems)
+    return Manifest.from_json(d)
+
+
+_RUN_FIELDS = {"run": str, "cluster": str, "backend": str, "run_dir": str, "created": (int, float), "stages": dict}
+_STAGE_FIELDS = {f.name: f for f in dataclasses.fields(StageRecord)}
+
+
+def _manifest_problems(d: Any, where: str) -> list[Problem]:
+    if not isinstance(d, dict):
+        return [Problem("error", where, f"the manifest is a JSON {type(d).__name__}; allowed: an object with keys "
+                                        f"{', '.join(_RUN_FIELDS)}")]
+    out = [Problem("error", where, f"{k}: missing or not a {getattr(t, '__name__', 'number')} "
+                                   f"({type(d.get(k)).__name__} found)")
+           for k, t in _RUN_FIELDS.items() if not isinstance(d.get(k), t) or isinstance(d.get(k), bool)]
+    extra = set(d) - set(_RUN_FIELDS) - {"attempt"}
+    if extra:
+        out.append(Problem("error", where, f"unknown keys {sorted(extra)}; allowed: {', '.join(_RUN_FIELDS)}, "
+                                           "attempt"))
+    if not isinstance(d.get("attempt", 1), int):
+        out.append(Problem("error", where, f"attempt={d.get('attempt')!r}: must be a whole number"))
+    for name, rec in (d.get("stages") or {}).items() if isinstance(d.get("stages"), dict) else ():
+        if not isinstance(rec, dict):
+            out.append(Problem("error", where, f"stages.{name}: a {type(rec).__name__}; allowed: an object"))
+            continue
+        bad = sorted(set(rec) - set(_STAGE_FIELDS))
+        if bad or "name" not in rec:
+            out.append(Problem("error", where, f"stages.{name}: unknown keys {bad} or no 'name'; allowed: "
+                                               f"{', '.join(_STAGE_FIELDS)}"))
+    return out
+
+
+def state_dir() -> Path:
+    """Where cpt-launch remembers the runs this user submitted: ``$CPT_STATE_DIR``, else
+    ``$XDG_STATE_HOME/cpt-launch`` (``~/.local/state/cpt-launch``)."""
+    if os.environ.get("CPT_STATE_DIR"):
+        return Path(os.environ["CPT_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "cpt-launch"
+
+
+def remember_run(m: Manifest) -> None:
+    """Append the run to the user's index, so `status NAME` finds it whatever profile (a YAML path, a
+    colleague's profile) it came from. Best effort: a read-only home must not stop a submission."""
+    line = json.dumps({"run": m.run, "run_dir": m.run_dir, "cluster": m.cluster, "created": m.created})
+    try:
+        state_dir().mkdir(parents=True, exist_ok=True)
+        with open(state_dir() / "runs.jsonl", "a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        print(f"[cpt-launch] could not record the run in {state_dir()}: {e.strerror}", file=sys.stderr)
+
+
+def remembered_dirs(run: str) -> list[Path]:
+    """The run directories recorded under this name, newest first."""
+    try:
+        lines = (state_dir() / "runs.jsonl").read_text("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # one torn line must not hide the others
+        if isinstance(rec, dict) and rec.get("run") == run and isinstance(rec.get("run_dir"), str):
+            out.append(Path(rec["run_dir"]))
+    return out
+
+
 def find_run(run: str, runs_roots: list[str]) -> Manifest:
-    """A run is named by its directory (absolute path) or by its name under one of the profiles' run roots."""
-    cands = [Path(run)] if os.sep in run else list(dict.fromkeys(Path(r) / run for r in runs_roots))
+    """A run is named by its directory (a path), or by its name: the runs this user submitted (newest first),
+    then the run roots of the profiles in clusters/."""
+    if os.sep in run or run in (".", ".."):
+        cands = [Path(run)]
+    else:
+        cands = list(dict.fromkeys([*remembered_dirs(run), *(Path(r) / run for r in runs_roots)]))
     for c in cands:
         f = c / "manifest.json"
         if f.is_file():
-            return Manifest.from_json(json.loads(f.read_text()))
-    raise ConfigError([Problem("error", "RUN", f"run={run}: no manifest.json in {', '.join(str(c) for c in cands)} "
-                                               "(give the run directory, or --cluster of the run)")])
+            return load_manifest(f)
+    looked = ", ".join(str(c) for c in cands) or "(no run of this name was submitted from this account)"
+    raise ConfigError([Problem("error", "RUN", f"run={run}: no manifest.json in {looked} (give the run directory, "
+                                               "or --cluster of the run)")])

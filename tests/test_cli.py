@@ -173,3 +173,67 @@ def test_the_made_by_comment_stays_one_line() -> None:
         made_by = [ln for ln in stage.script.splitlines() if ln.startswith("# Made by:")]
         assert made_by == ["# Made by: cpt-launch --data=/x touch /tmp/PWNED #"]
         assert not any(ln.startswith("touch") for ln in stage.script.splitlines())
+
+
+def test_mistyped_commands_and_options_get_the_nearest_one(capsys: pytest.CaptureFixture[str]) -> None:
+    cases = {("statsu", "RUN"): "unknown command 'statsu'; did you mean 'status'?",
+             ("--clster", "dgx-h100"): "unknown option --clster for 'submit'; did you mean --cluster?",
+             ("--cluster", "dgx-h100", "--nodse", "4"): "did you mean --nodes?",
+             # no abbreviations: --node is not silently --nodes
+             ("--cluster", "dgx-h100", "--node", "4", "--dry-run"): "unknown option --node for 'submit'",
+             ("plan", "--cluster", "dgx-h100", "--gbs=8", "--max-step=3"): "did you mean --max-steps?"}
+    for argv, said in cases.items():
+        assert main(list(argv)) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err, (argv, err)
+
+
+def test_help_shows_the_submit_options() -> None:
+    r = run("--help")
+    assert r.returncode == 0
+    for opt in ("--cluster", "--nodes", "--dry-run", "--resume", "--backend", "--emit-sbatch", "--ckpt-every"):
+        assert opt in r.stdout, opt
+    assert "status" in r.stdout and "tokenize" in r.stdout
+
+
+def _manifest_dir(tmp_path: Path, text: str) -> Path:
+    d = tmp_path / "run"
+    d.mkdir(exist_ok=True)
+    (d / "manifest.json").write_text(text)
+    return d
+
+
+@pytest.mark.parametrize("text,said", [
+    ("{not json", "not a readable JSON manifest"),
+    ("[1, 2]", "the manifest is a JSON list"),
+    ('{"run": "r"}', "cluster: missing"),
+    ('{"run": "r", "cluster": "c", "backend": "b", "run_dir": "/x", "created": 1, "stages": {}, "extra": 1}',
+     "unknown keys ['extra']"),
+    ('{"run": "r", "cluster": "c", "backend": "b", "run_dir": "/x", "created": 1, "stages": {"t": {"nme": 1}}}',
+     "stages.t: unknown keys ['nme']"),
+    ("\xff\xfe", "not a readable JSON manifest"),
+])
+def test_a_broken_manifest_is_a_clean_error_naming_the_file(tmp_path: Path, text: str, said: str) -> None:
+    d = _manifest_dir(tmp_path, text)
+    for cmd in ("status", "logs", "cancel"):
+        r = run(cmd, str(d))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"{d}/manifest.json" in r.stderr and said in r.stderr, r.stderr
+
+
+def test_status_finds_a_run_by_name_wherever_its_profile_put_it(tmp_path: Path) -> None:
+    prof = (REPO / "clusters" / "workstation-48gb.yaml").read_text()
+    prof = prof.replace("/data/cpt", str(tmp_path / "area"))
+    f = tmp_path / "mine.yaml"
+    f.write_text(prof)
+    from launcher.manifest import write_run_dir
+    from launcher.plan import Overrides, PlanContext, build_plan
+    from launcher.profiles import load_profile
+
+    plan = build_plan(load_profile(str(f)), Overrides(num_layers=2, data=("x_text_document",),
+                                                      valid_data=("y_text_document",)),
+                      PlanContext(code_dir=str(REPO), command="t", run_name="found-by-name-" + tmp_path.name[-8:]))
+    write_run_dir(plan, "nemo-run-local")
+    r = run("status", plan.run, "--json")  # no --cluster: the profile is a file the CLI does not know
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["run_dir"] == plan.run_dir
