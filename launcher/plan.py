@@ -223,6 +223,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
     for flag, val in counts:
         if val is not None and val < 1:
             problems.append(Problem("error", flag, f"{flag.lstrip('-')}={val}: must be >= 1"))
+    problems += _bound_problems(ov, model_name)
     data_items = list(ov.data) or list(d.data)
     valid_items = list(ov.valid_data) or list(d.valid_data)
     if not data_items:
@@ -437,6 +438,31 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         explanation=choice.explanation, explain_table=getattr(planner, 'format_explain', lambda c: '')(choice), command=ctx.command,
         choice=choice, resume=ov.resume,
     )
+
+
+# Upper bounds of the numbers a user gives: past them a value is a typo, and the planner's enumeration would take
+# minutes over it (--num-layers 1000000000). Llama 3.1's context is 128K tokens.
+LIMITS = {"--seq-length": 131072, "--gbs": 1 << 24, "--mbs": 1 << 16, "--max-steps": 10**8, "--ckpt-every": 10**8,
+          "--ckpt-keep": 1000, "--val-every": 10**8, "--tp": 1024, "--pp": 1024, "--cp": 1024}
+
+
+def _bound_problems(ov: Overrides, model_name: str) -> list[Problem]:
+    out = []
+    values = {"--seq-length": ov.seq_length, "--gbs": ov.gbs, "--mbs": ov.mbs, "--max-steps": ov.max_steps,
+              "--ckpt-every": ov.ckpt_every_n_steps, "--ckpt-keep": ov.ckpt_keep, "--val-every": ov.val_every_n_steps,
+              "--tp": ov.tp, "--pp": ov.pp, "--cp": ov.cp}
+    for flag, val in values.items():
+        if val is not None and val > LIMITS[flag]:
+            out.append(Problem("error", flag, f"{flag.lstrip('-')}={val}: allowed: at most {LIMITS[flag]}"))
+    for flag, val in (("--mbs", ov.mbs), ("--tp", ov.tp), ("--pp", ov.pp), ("--cp", ov.cp)):
+        if val is not None and val < 1:
+            out.append(Problem("error", flag, f"{flag.lstrip('-')}={val}: must be >= 1"))
+    if ov.num_layers is not None and model_name in MODELS:
+        full = MODELS[model_name].num_layers
+        if not 1 <= ov.num_layers <= full:
+            out.append(Problem("error", "--num-layers", f"num-layers={ov.num_layers}: {model_name} has {full} layers "
+                                                        f"(allowed: 1..{full})"))
+    return out
 
 
 def _blend(prefixes: list[str]) -> list[Any]:

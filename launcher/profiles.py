@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -234,19 +236,49 @@ def resolve_profile_path(name_or_path: str, clusters_dir: Path = CLUSTERS_DIR) -
                                f"(known: {', '.join(names)}; or give a path to a .yaml file)")])
 
 
+MAX_PROFILE_BYTES = 1 << 20  # a profile is a page of YAML; pyyaml takes minutes over a file of 16 MB
+
+
 def load_profile(name_or_path: str, clusters_dir: Path = CLUSTERS_DIR) -> ClusterProfile:
     path = resolve_profile_path(name_or_path, clusters_dir)
-    return parse_profile(path.read_text(), str(path))
+    return parse_profile(read_profile_text(path), str(path))
+
+
+def read_profile_text(path: Path) -> str:
+    """The profile's text: UTF-8 (a UTF-8 BOM is allowed), at most MAX_PROFILE_BYTES, no control characters."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PROFILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError([Problem("error", str(path), f"cannot read the profile: {e.strerror}")])
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ConfigError([Problem("error", str(path), f"the profile is over {MAX_PROFILE_BYTES >> 20} MiB; "
+                                                      "allowed: a YAML file of at most 1 MiB")])
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError([Problem("error", f"{path}:{line}", f"byte {data[e.start]:#04x} at offset {e.start} is "
+                                                              "not UTF-8; allowed: a UTF-8 text file")])
+    for i, row in enumerate(text.split("\n"), 1):
+        bad = next((c for c in row if (ord(c) < 32 and c not in "\t\r") or ord(c) == 127), None)
+        if bad is not None:
+            raise ConfigError([Problem("error", f"{path}:{i}", f"control character {bad!r} in the profile; "
+                                                               "allowed: printable text, tabs, newlines")])
+    return text
 
 
 def parse_profile(text: str, source: str) -> ClusterProfile:
     """Parse and validate a profile. Raises ConfigError with every problem found."""
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError([Problem("error", f"{source}{line}", f"not valid YAML: {getattr(e, 'problem', e)}")])
+    except RecursionError:  # pyyaml's composer recurses once per level
+        raise ConfigError([Problem("error", source, "nested too deeply to be a profile; allowed: the fields of "
+                                                    "clusters/*.yaml, a few levels deep")])
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError([Problem("error", f"{source}:1", "a profile is a YAML mapping of fields")])
     problems: list[Problem] = []
@@ -281,10 +313,15 @@ class _Converter:
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
         values: dict[str, Any] = {}
         seen: set[str] = set()
+        first_line: dict[str, int] = {}
         for knode, vnode in node.value:
             key = str(knode.value)
             dotted = prefix + key
             self.lines[dotted] = knode.start_mark.line + 1
+            if key in seen:  # YAML would keep the last one silently: say which one wins nothing
+                self.err(knode, dotted, f": given twice (first on line {first_line[key]}); allowed: once")
+                continue
+            first_line[key] = knode.start_mark.line + 1
             if key not in fields:
                 near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
                 hint = f"; did you mean '{prefix}{near[0]}'?" if near else ""
@@ -307,6 +344,9 @@ class _Converter:
         return cls(**values)
 
     def value(self, tp: Any, node: yaml.Node, name: str) -> Any:
+        if node.tag not in _PLAIN_TAGS:  # !foo, !!python/name:...: a profile holds plain data only
+            self.err(node, name, f"={_show(node)}: the YAML tag {node.tag} is not allowed (plain values only)")
+            return _BAD
         origin = get_origin(tp)
         args = get_args(tp)
         if origin in (Union, types.UnionType):
@@ -335,6 +375,9 @@ class _Converter:
                 return _BAD
             out = {}
             for k, v in node.value:
+                if str(k.value) in out:
+                    self.err(k, f"{name}.{k.value}", ": given twice; allowed: once")
+                    return _BAD
                 out[str(k.value)] = self.value(args[1], v, f"{name}.{k.value}")
             return _BAD if any(v is _BAD for v in out.values()) else out
         if tp in (int, float, str, bool):
@@ -344,10 +387,30 @@ class _Converter:
     def _scalar(self, node: yaml.Node) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             return None
-        return yaml.safe_load(yaml.serialize(node))
+        try:
+            return yaml.SafeLoader("").construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError):  # !!int abc
+            return _BAD
 
     def _typed_scalar(self, tp: type, node: yaml.Node, name: str) -> Any:
         raw = self._scalar(node) if isinstance(node, yaml.ScalarNode) else _BAD
+        unquoted = isinstance(node, yaml.ScalarNode) and node.style is None
+        if tp is str and isinstance(raw, str) and any(ord(c) < 32 or ord(c) == 127 for c in raw):
+            self.err(node, name, f"={raw!r}: holds a control character; allowed: printable text")
+            return _BAD
+        if tp is str and unquoted and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            # what was written, not YAML 1.1's reading of it: `time: 4:00:00` is 14400 to YAML, "4:00:00" to us
+            return str(node.value)
+        if tp is int and unquoted and ":" in str(node.value):
+            self.err(node, name, f"={node.value}: YAML 1.1 reads this as the base-60 number {raw}; give a plain "
+                                 "integer")
+            return _BAD
+        if tp is float and isinstance(raw, float) and not math.isfinite(raw):
+            self.err(node, name, f"={node.value}: expected a finite number")
+            return _BAD
+        if tp is int and isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) >= 2**31:
+            self.err(node, name, f"={node.value}: out of range (allowed: below 2^31)")
+            return _BAD
         if tp is float and isinstance(raw, int) and not isinstance(raw, bool):
             raw = float(raw)
         if tp is str and isinstance(raw, (int, float)) and not isinstance(raw, bool):
@@ -359,6 +422,8 @@ class _Converter:
 
 
 _BAD = object()
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 
 
 def _show(node: yaml.Node) -> str:
@@ -422,6 +487,11 @@ def _cross_checks(p: ClusterProfile, lines: dict[str, int]) -> list[Problem]:
             if not host.startswith("/") or (sep and not cont.startswith("/")):
                 out.append(Problem("error", at("container.extra_mounts"),
                                    f"container.extra_mounts[{i}]={m}: allowed: /host/path:/container/path"))
+    for k in [*p.defaults.env, *p.defaults.secrets]:
+        if not ENV_NAME_RE.fullmatch(k):
+            out.append(Problem("error", at("defaults.env" if k in p.defaults.env else "defaults.secrets"),
+                               f"{k!r}: not an environment variable name; allowed: letters, digits and '_', not "
+                               "starting with a digit"))
     for k in p.defaults.env:
         if k in p.defaults.secrets or any(s in k for s in ("TOKEN", "API_KEY", "SECRET", "PASSWORD")):
             out.append(Problem("error", at(f"defaults.env.{k}"),
@@ -462,6 +532,15 @@ def _partial_checks(cls: type, v: dict[str, Any]) -> list[tuple[str, str]]:
         for key in ("signal_seconds", "max_requeues", "cpus_per_cpu_task"):
             if key in v and v[key] < 0:
                 out.append((key, f"={v[key]}: must be >= 0"))
+        # #SBATCH values cannot be quoted (sbatch parses them, not a shell): refused here, not at submission
+        for key in ("account", "partition", "cpu_partition", "mem", "gres", "qos", "constraint"):
+            val = v.get(key)
+            if isinstance(val, str) and (not val or any(c.isspace() for c in val) or "#" in val):
+                out.append((key, f"={val!r}: a Slurm value must be non-empty, without spaces or '#'"))
+        for k, val in (v.get("additional_parameters") or {}).items():
+            if not re.fullmatch(r"[a-z][a-z0-9-]*", k) or not val or any(c.isspace() for c in val) or "#" in val:
+                out.append(("additional_parameters", f".{k}={val!r}: an sbatch option name (a-z, 0-9, '-') with "
+                                                     "a non-empty value without spaces or '#'"))
     if cls is Storage:
         for key in ("host", "container"):
             if v.get(key) is not None and not v[key].startswith("/"):
