@@ -289,3 +289,40 @@ def status_text(manifest: dict[str, Any], progress: TrainProgress | None) -> str
         if name == "train" and progress is not None and (progress.step is not None or r["state"] != "PENDING"):
             out += progress_lines(progress)
     return "\n".join(out) + "\n"
+
+
+TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                             "PREEMPTED", "BOOT_FAIL", "DEADLINE"})
+
+
+def stage_spans(manifest: dict[str, Any], log: StepLog) -> list[dict[str, Any]]:
+    """Per stage: submitted / started / ended (epoch seconds or None) and whether a time was inferred.
+
+    The manifest's own times come first (``submitted``, ``started``, ``ended`` of a stage record). A manifest from
+    before they were recorded gets: submitted = the manifest's creation; the train stage's start and end from its
+    step log; another stage's end from its log file's modification time and its start from the end of the stages it
+    depends on (afterok: it cannot start earlier). Inferred times are flagged, so the report can say so.
+    """
+    created = manifest.get("created")
+    out: list[dict[str, Any]] = []
+    ends: dict[str, float | None] = {}
+    for name, r in (manifest.get("stages") or {}).items():
+        state = str(r.get("state", "PENDING"))
+        sub, start, end = r.get("submitted") or created, r.get("started"), r.get("ended")
+        inferred = False
+        if start is None and name == "train" and log.train and "time" in log.train[0]:
+            start, inferred = log.train[0]["time"] - float(log.train[0].get("step_time_s") or 0.0), True
+        if end is None and state in TERMINAL_STATES:
+            if name == "train" and log.train:
+                end = max(x.get("time", 0.0) for x in log.train + log.val) or None
+            elif r.get("log") and os.path.exists(r["log"]):
+                end = os.path.getmtime(r["log"])
+            inferred = inferred or end is not None
+        if start is None and state not in ("PENDING", "CANCELLED") or start is None and end is not None:
+            deps = [ends.get(d) for d in r.get("depends_on") or []]
+            start = max([d for d in deps if d] or [sub]) if sub else None
+            inferred = inferred or start is not None
+        ends[name] = end
+        out.append({"name": name, "state": state, "job_id": r.get("job_id"), "reason": r.get("reason") or "",
+                    "submitted": sub, "started": start, "ended": end, "inferred": inferred})
+    return out
