@@ -407,10 +407,11 @@ def _run_cmd(args: argparse.Namespace) -> int:
 def _status(manifest: Any, backend: Any, args: argparse.Namespace) -> int:
     """One status, or (--watch) a fresh one every few seconds until every stage has ended."""
     from launcher.executors.base import TERMINAL
+    from launcher.manifest import find_run
     from launcher.progress import run_progress, status_text
 
     while True:
-        manifest = backend.refresh(manifest)
+        manifest = backend.refresh(find_run(manifest.run_dir, []))  # re-read: a local launcher rewrites it
         d = manifest.to_json()
         progress = run_progress(manifest.run_dir, d) if "train" in manifest.stages else None
         if args.json:
