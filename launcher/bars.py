@@ -7,8 +7,10 @@ and once at the end. tqdm is imported when a bar is made, not when this module i
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Iterator, TextIO
 
 
 def is_tty(stream: Any) -> bool:
@@ -54,3 +56,18 @@ class Bar:
             self._bar.close()
         elif self.stream is not None:
             self._line()  # the final figures, whatever the interval
+
+
+@contextlib.contextmanager
+def phase(what: str, stream: TextIO | None = None) -> Iterator[None]:
+    """A line when a long step of a stage starts and one with its duration when it ends (or fails): work that runs
+    inside a library call (NeMo's checkpoint import/export) and gives no counts a bar could show."""
+    out = sys.stderr if stream is None else stream
+    t0 = time.monotonic()
+    print(f"{what}: started", file=out, flush=True)
+    try:
+        yield
+    except BaseException as e:
+        print(f"{what}: failed after {time.monotonic() - t0:.1f} s ({type(e).__name__})", file=out, flush=True)
+        raise
+    print(f"{what}: done in {time.monotonic() - t0:.1f} s", file=out, flush=True)

@@ -49,3 +49,19 @@ def test_a_live_bar_on_a_terminal() -> None:
         text = b"".join(chunks).decode()
     os.close(master)
     assert "\r" in text and "export: 100%|" in text and "10/10" in text
+
+
+def test_phase_lines_say_start_and_duration_and_a_failure() -> None:
+    import pytest
+
+    from launcher.bars import phase
+
+    out = io.StringIO()
+    with phase("convert: write", out):
+        pass
+    with pytest.raises(KeyError):
+        with phase("export 1/1: read", out):
+            raise KeyError("x")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "convert: write: started" and lines[1].startswith("convert: write: done in ")
+    assert lines[3].startswith("export 1/1: read: failed after ") and lines[3].endswith("(KeyError)")
