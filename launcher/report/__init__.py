@@ -2,9 +2,9 @@
 the same plots as PNG files in ``<run>/report/``.
 
 It reads only what the run wrote (the step log, manifest.json, plan.json / jobspec.json, ``eval/evaluate.json``,
-the checkpoint and log directories), so it works on a run that is still going, one that failed, and one that has
+the TensorBoard events, the checkpoint and log directories), so it works on a run that is still going, one that failed, and one that has
 not started training; missing pieces are said in a sentence instead of a plot. Needs matplotlib (the ``report``
-extra) and nothing heavier: no NeMo, no torch, no TensorBoard reader.
+extra) and nothing heavier: no NeMo, no torch; the event files are read by ``tfevents`` (no TensorBoard).
 """
 
 from __future__ import annotations
@@ -13,15 +13,34 @@ import base64
 import html
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from launcher.manifest import atomic_write
 from launcher.progress import (RunFacts, StepLog, TrainProgress, duration, load_json, progress_lines, read_step_log,
                                run_facts, stage_spans, step_log_path, train_progress)
+from launcher.report.tfevents import TRAIN_LOSS_TAG, run_scalars, step_rows
 
 EVAL_FILE = Path("eval") / "evaluate.json"
 MAX_REPLIES = 5  # sample replies shown side by side
+
+
+@dataclass(frozen=True)
+class TensorBoardFacts:
+    """What the report says about the TensorBoard events: where, which files, each tag's last value."""
+
+    directory: Path
+    files: list[Path]
+    last: dict[str, float]
+    curves_from_events: bool  # no step log: the plots were drawn from these events
+
+
+def eval_path(run_dir: Path, manifest: dict[str, Any]) -> Path:
+    """The evaluate stage's JSON: where its manifest record says (an output ending in .json), else the default."""
+    outputs = ((manifest.get("stages") or {}).get("evaluate") or {}).get("outputs") or {}
+    named = [v for v in outputs.values() if isinstance(v, str) and v.endswith(".json")]
+    return Path(named[0]) if named else run_dir / EVAL_FILE
 
 
 def _plots(log: StepLog, facts: RunFacts, spans: list[dict[str, Any]], now: float) -> dict[str, bytes | None]:
@@ -44,6 +63,13 @@ def write_report(run_dir: str | Path, manifest: dict[str, Any], now: float | Non
     out_dir = run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     log = read_step_log(step_log_path(run_dir))
+    tb_dir = Path(((manifest.get("stages") or {}).get("train") or {}).get("outputs", {}).get("tensorboard")
+                  or run_dir / "train")
+    scalars, tb_files = run_scalars(tb_dir)
+    from_tb = not log.train and TRAIN_LOSS_TAG in scalars
+    if from_tb:  # no step log, but TensorBoard events: the curves from those
+        log.train, tb_val = step_rows(scalars)  # type: ignore[assignment]
+        log.val = log.val or tb_val  # type: ignore[assignment]
     facts = run_facts(run_dir)
     progress = train_progress(manifest, facts, log, now)
     spans = stage_spans(manifest, log)
@@ -58,7 +84,9 @@ def write_report(run_dir: str | Path, manifest: dict[str, Any], now: float | Non
         tmp.write_bytes(data)
         os.replace(tmp, path)
         written[name] = path
-    page = render_html(run_dir, manifest, facts, progress, spans, pngs, load_json(run_dir / EVAL_FILE), now)
+    tb = TensorBoardFacts(tb_dir, tb_files, {k: v[-1][2] for k, v in scalars.items()}, from_tb)
+    page = render_html(run_dir, manifest, facts, progress, spans, pngs, load_json(eval_path(run_dir, manifest)),
+                       now, tb)
     atomic_write(run_dir / "report.html", page)
     written["html"] = run_dir / "report.html"
     return written
@@ -195,12 +223,14 @@ def _replies(cpt: list[dict[str, Any]], base: list[dict[str, Any]]) -> str:
     return "<h3>Sample replies</h3>" + _table(["prompt", "base", "CPT"], rows, raw=True)
 
 
-def _logging_section(run_dir: Path, manifest: dict[str, Any], facts: RunFacts) -> str:
+def _logging_section(run_dir: Path, manifest: dict[str, Any], facts: RunFacts, tbf: TensorBoardFacts) -> str:
     """Where the TensorBoard events and the W&B run are (offline W&B runs wait there for ``wandb sync``)."""
     outputs = ((manifest.get("stages") or {}).get("train") or {}).get("outputs") or {}
-    tb = Path(outputs.get("tensorboard") or run_dir / "train")
-    events = sorted(tb.rglob("events.out.tfevents.*")) if tb.is_dir() else []
-    rows = [["TensorBoard", f"{tb} ({len(events)} event file(s)); view with: tensorboard --logdir {tb}"]]
+    tb = tbf.directory
+    last = ", ".join(f"{k} {v:.4g}" for k, v in sorted(tbf.last.items())[:12])
+    rows = [["TensorBoard", f"{tb} ({len(tbf.files)} event file(s)); view with: tensorboard --logdir {tb}"
+             + (f"; last values: {last}" if last else "")
+             + ("; the plots above are drawn from these events (no step log)" if tbf.curves_from_events else "")]]
     if facts.wandb_project:
         wb = Path(outputs.get("wandb") or tb / "wandb")
         offline = facts.env.get("WANDB_MODE") == "offline" or facts.internet is False
@@ -217,7 +247,7 @@ def _logging_section(run_dir: Path, manifest: dict[str, Any], facts: RunFacts) -
 
 def render_html(run_dir: Path, manifest: dict[str, Any], facts: RunFacts, progress: TrainProgress,
                 spans: list[dict[str, Any]], pngs: dict[str, bytes | None], ev: dict[str, Any] | None,
-                now: float) -> str:
+                now: float, tb: TensorBoardFacts) -> str:
     no_steps = "No train steps logged yet."
     sections = [
         f"<h1>cpt-launch report: run {_e(manifest.get('run'))}</h1>",
@@ -234,7 +264,7 @@ def render_html(run_dir: Path, manifest: dict[str, Any], facts: RunFacts, progre
           "achieved TFLOP/s per GPU / the GPU's dense bf16 peak.</p>",
         "<h2>Memory</h2>" + _img("memory", pngs.get("memory"), no_steps),
         "<h2>Evaluation (base vs CPT)</h2>" + _eval_section(ev),
-        "<h2>Logs</h2>" + _logging_section(run_dir, manifest, facts),
+        "<h2>Logs</h2>" + _logging_section(run_dir, manifest, facts, tb),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>cpt-launch report {_e(manifest.get('run'))}</title><style>{CSS}</style></head><body>\n"
