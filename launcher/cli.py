@@ -382,8 +382,13 @@ def _run_cmd(args: argparse.Namespace) -> int:
     if args.cmd == "status":
         return _status(manifest, backend, args)
     if args.cmd == "report":
-        from launcher.report import write_report  # matplotlib: only here
+        from launcher.report import write_report
 
+        try:
+            import matplotlib  # noqa: F401  (drawn headless by launcher.report.plots, imported only here)
+        except ImportError as e:
+            raise ConfigError([Problem("error", "report", f"needs the report extra ({e}); fix: pip install -e "
+                                                          "'.[report]' (matplotlib) in this environment")])
         written = write_report(backend.refresh(manifest).run_dir, manifest.to_json())
         print(json.dumps({k: str(v) for k, v in written.items()}, indent=2) if args.json else written["html"])
         return EXIT_OK

@@ -184,3 +184,20 @@ def test_report_needs_only_matplotlib(tmp_path: Path) -> None:
                        env={**os.environ, "MPLBACKEND": "", "DISPLAY": ""})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_offloaded_run_plots_host_memory_and_named_sets_are_shown(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    rd, _ = make_run(tmp_path, plan_extra={"optimizer_offload": "on"})
+    plan = json.loads((rd / "plan.json").read_text())
+    assert plan["train"]["optimizer_offload"] and plan["memory"]["host_gib"] > 0
+    with open(rd / "logs" / "train_steps.jsonl", "a") as f:
+        for name, loss in (("ja", 9.1), ("en", 10.2)):
+            f.write(json.dumps({"kind": "val", "attempt": 2, "step": 40, "val_loss": loss, "set": name}) + "\n")
+    assert main(["report", str(rd), "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert set(written) == PLOTS | {"html"} and written["html"] == str(rd / "report.html")
+    page = (rd / "report.html").read_text()
+    assert "val loss en 10.2000, ja 9.1000, valid 9.6348 (step 40)" in page
+    w, h = png_size(embedded_images(page)["memory"])
+    assert h == 600  # two panels: GPU, and host memory against the plan's host need

@@ -87,3 +87,22 @@ def test_the_recipe_logs_to_wandb_offline_under_the_run_directory(tmp_path: Path
     run_dir = Path(logger.experiment.dir)
     logger.experiment.finish()
     assert str(run_dir).startswith(str(tmp_path / "wandb" / "offline-run-")), run_dir
+
+
+def test_docker_logs_offline_because_the_key_never_enters_the_container() -> None:
+    plan = _plan("local-docker", wandb_project="cpt-ja")
+    assert plan.profile.hardware.internet is True
+    assert "export WANDB_MODE=offline" in plan.stage("train").script
+
+
+def test_online_without_a_key_warns_before_the_queue() -> None:
+    from launcher.preflight import check_plan
+
+    plan = _plan("workstation-48gb", wandb_project="cpt-ja")
+    warn = [p for p in check_plan(plan, {}, filesystem=False) if p.where == "env WANDB_API_KEY"]
+    assert len(warn) == 1 and warn[0].severity == "warning" and "export WANDB_API_KEY" in warn[0].message
+    assert not [p for p in check_plan(plan, {"WANDB_API_KEY": SECRET}, filesystem=False)
+                if p.where == "env WANDB_API_KEY"]
+    offline = _plan("dgx-h100", wandb_project="cpt-ja")
+    assert not [p for p in check_plan(offline, {}, filesystem=False) if p.where == "env WANDB_API_KEY"]
+    assert all(SECRET not in p.message for p in check_plan(plan, {"WANDB_API_KEY": SECRET}, filesystem=False))
