@@ -301,7 +301,8 @@ def stage_spans(manifest: dict[str, Any], log: StepLog) -> list[dict[str, Any]]:
     The manifest's own times come first (``submitted``, ``started``, ``ended`` of a stage record). A manifest from
     before they were recorded gets: submitted = the manifest's creation; the train stage's start and end from its
     step log; another stage's end from its log file's modification time and its start from the end of the stages it
-    depends on (afterok: it cannot start earlier). Inferred times are flagged, so the report can say so.
+    depends on (afterok: it cannot start earlier), where those are known. Inferred times are flagged, so the report
+    can say so; what cannot be inferred stays None.
     """
     created = manifest.get("created")
     out: list[dict[str, Any]] = []
@@ -318,10 +319,9 @@ def stage_spans(manifest: dict[str, Any], log: StepLog) -> list[dict[str, Any]]:
             elif r.get("log") and os.path.exists(r["log"]):
                 end = os.path.getmtime(r["log"])
             inferred = inferred or end is not None
-        if start is None and state not in ("PENDING", "CANCELLED") or start is None and end is not None:
-            deps = [ends.get(d) for d in r.get("depends_on") or []]
-            start = max([d for d in deps if d] or [sub]) if sub else None
-            inferred = inferred or start is not None
+        deps = [e for e in (ends.get(d) for d in r.get("depends_on") or []) if e]
+        if start is None and deps and (end is not None or state not in ("PENDING", "CANCELLED")):
+            start, inferred = max(deps), True
         ends[name] = end
         out.append({"name": name, "state": state, "job_id": r.get("job_id"), "reason": r.get("reason") or "",
                     "submitted": sub, "started": start, "ended": end, "inferred": inferred})

@@ -159,3 +159,23 @@ def test_status_imports_nothing_heavy(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
     assert "step 40 of 40" in r.stdout
+
+
+def test_stage_spans_use_recorded_times_and_infer_only_what_follows() -> None:
+    from launcher.executors.slurm import _sacct_time
+    from launcher.progress import StepLog, stage_spans
+
+    m = {"created": 1000.0, "stages": {
+        "convert": {"state": "COMPLETED", "submitted": 1000.0, "started": 1010.0, "ended": 1100.0},
+        "tokenize": {"state": "COMPLETED"},  # an old manifest: no times, no log file
+        "train": {"state": "RUNNING", "depends_on": ["convert", "tokenize"]},
+        "export": {"state": "PENDING", "depends_on": ["train"]},
+    }}
+    spans = {s["name"]: s for s in stage_spans(m, StepLog())}
+    assert (spans["convert"]["started"], spans["convert"]["ended"], spans["convert"]["inferred"]) == \
+        (1010.0, 1100.0, False)
+    assert spans["tokenize"]["started"] is None and spans["tokenize"]["ended"] is None
+    assert spans["train"]["started"] == 1100.0 and spans["train"]["inferred"]  # afterok: not before convert ended
+    assert spans["export"]["started"] is None and spans["export"]["submitted"] == 1000.0
+    assert _sacct_time("Unknown") is None and _sacct_time("None") is None
+    assert _sacct_time("2026-12-01T11:05:00") == time.mktime((2026, 12, 1, 11, 5, 0, 0, 0, -1))

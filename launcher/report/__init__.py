@@ -95,7 +95,7 @@ def write_report(run_dir: str | Path, manifest: dict[str, Any], now: float | Non
 # ------------------------------------------------------------------------------------------------ HTML
 
 CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+body{font-family:system-ui,"Noto Sans CJK JP","Hiragino Sans","Yu Gothic",sans-serif;margin:2em;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;
 vertical-align:top}th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}
@@ -121,9 +121,9 @@ def _img(name: str, data: bytes | None, missing: str) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]], raw: bool = False) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if any(header) else ""
     body = "".join("<tr>" + "".join(f"<td>{c if raw else _e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{head}{body}</table>"
 
 
 def _when(t: float | None) -> str:

@@ -189,6 +189,7 @@ def timeline_plot(spans: list[dict[str, Any]], now: float) -> bytes | None:
     ax.set_xlabel("minutes since the first submission")
     ax.set_title("Stage timeline")
     ax.legend(handles=[Patch(color=STATE_COLOURS[k], label=k.lower()) for k in
-                       ("queued", "running", "COMPLETED", "FAILED", "CANCELLED")], fontsize=8, loc="lower right")
+                       ("queued", "running", "COMPLETED", "FAILED", "CANCELLED")], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))  # outside the axes: never over a bar
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
