@@ -420,7 +420,9 @@ def _status(manifest: Any, backend: Any, args: argparse.Namespace) -> int:
         d = manifest.to_json()
         progress = run_progress(manifest.run_dir, d) if "train" in manifest.stages else None
         if args.json:
-            print(json.dumps({**d, "train": progress.to_json() if progress else None}, indent=2))
+            out = {**d, "train": progress.to_json() if progress else None}
+            # --watch: one object per line, so that a reader can parse each refresh as it comes
+            print(json.dumps(out) if args.watch else json.dumps(out, indent=2))
         else:
             if args.watch and sys.stdout.isatty():
                 sys.stdout.write("\033[H\033[2J")  # clear the terminal: a live view, not a scrolling one

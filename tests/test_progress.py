@@ -179,3 +179,9 @@ def test_stage_spans_use_recorded_times_and_infer_only_what_follows() -> None:
     assert spans["export"]["started"] is None and spans["export"]["submitted"] == 1000.0
     assert _sacct_time("Unknown") is None and _sacct_time("None") is None
     assert _sacct_time("2026-12-01T11:05:00") == time.mktime((2026, 12, 1, 11, 5, 0, 0, 0, -1))
+
+
+def test_watch_json_prints_one_object_per_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rd, _ = make_run(tmp_path)
+    lines = _status(capsys, str(rd), "--watch", "0.1", "--json").splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["train"]["step"] == 40
