@@ -56,6 +56,9 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-every", type=int, dest="val_every_n_steps",
                    help="validate every N steps (default 15, and at the end of a shorter run)")
     g.add_argument("--attention", choices=("te", "sdpa", "auto"), help="attention kernel (default: the profile's)")
+    g.add_argument("--wandb-project", metavar="NAME",
+                   help="also log the train stage to this W&B project (WANDB_API_KEY is passed by name; offline "
+                        "where the profile says hardware.internet: false)")
     k = p.add_argument_group("parallelism and memory (pin a knob; the planner chooses the rest)")
     k.add_argument("--tp", type=int, help="tensor parallel size")
     k.add_argument("--pp", type=int, help="pipeline parallel size")
@@ -110,12 +113,17 @@ def build_parser(tokenize_args: bool = False) -> argparse.ArgumentParser:
     cp = sub.add_parser("check", help="run the pre-flight checks only")
     _plan_args(cp)
     for name, hlp in (("status", "show a run's stages and states"), ("cancel", "cancel a run's unfinished stages"),
-                      ("logs", "print a stage's log")):
+                      ("logs", "print a stage's log"),
+                      ("report", "write report.html and PNG plots into the run directory (the report extra)")):
         s = sub.add_parser(name, help=hlp)
         s.add_argument("run", metavar="RUN", help="run name or run directory")
         s.add_argument("--cluster", "-c", help="the run's profile (to find its run directory by name)")
         if name == "status":
             s.add_argument("--json", action="store_true")
+            s.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+                           help="refresh every SECONDS (default 10) until every stage has ended; Ctrl-C stops")
+        if name == "report":
+            s.add_argument("--json", action="store_true", help="print what was written as JSON")
         if name == "logs":
             s.add_argument("--stage", help="stage (default: the latest one that started)")
             s.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows")
@@ -160,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from launcher.data import cli as data_cli
 
             return int(data_cli.run(args))
-        if args.cmd in ("status", "logs", "cancel"):
+        if args.cmd in ("status", "logs", "cancel", "report"):
             return _run_cmd(args)
         return _plan_cmd(args, original)
     except ConfigError as e:
@@ -223,7 +231,7 @@ def _overrides(args: argparse.Namespace) -> Any:
         fp8=args.fp8, attention=args.attention, ckpt_every_n_steps=args.ckpt_every_n_steps,
         ckpt_keep=args.ckpt_keep, ckpt_async=args.ckpt_async == "on", val_every_n_steps=args.val_every_n_steps,
         resume=resume,
-        random_init=args.random_init,
+        random_init=args.random_init, wandb_project=args.wandb_project,
     )
 
 
@@ -455,13 +463,17 @@ def _run_cmd(args: argparse.Namespace) -> int:
     manifest = find_run(args.run, _run_roots(args.cluster))
     backend = get_backend(manifest.backend)
     if args.cmd == "status":
-        manifest = backend.refresh(manifest)
-        if args.json:
-            print(json.dumps(manifest.to_json(), indent=2))
-        else:
-            print(f"run {manifest.run} ({manifest.cluster}, {manifest.backend}) {manifest.run_dir}")
-            for name, r in manifest.stages.items():
-                print(f"  {name:9s} {r.job_id or '-':>10s}  {r.state}" + (f"  ({r.reason})" if r.reason else ""))
+        return _status(manifest, backend, args)
+    if args.cmd == "report":
+        from launcher.report import write_report
+
+        try:
+            import matplotlib  # noqa: F401  (drawn headless by launcher.report.plots, imported only here)
+        except ImportError as e:
+            raise ConfigError([Problem("error", "report", f"needs the report extra ({e}); fix: pip install -e "
+                                                          "'.[report]' (matplotlib) in this environment")])
+        written = write_report(backend.refresh(manifest).run_dir, manifest.to_json())
+        print(json.dumps({k: str(v) for k, v in written.items()}, indent=2) if args.json else written["html"])
         return EXIT_OK
     if args.cmd == "cancel":
         done = backend.cancel(manifest)
@@ -478,6 +490,33 @@ def _run_cmd(args: argparse.Namespace) -> int:
         started = [r for r in manifest.stages.values() if r.state not in ("PENDING", "CANCELLED")]
         rec = started[-1] if started else next(iter(manifest.stages.values()))
     return _print_log(rec, backend, manifest, args.follow)
+
+
+def _status(manifest: Any, backend: Any, args: argparse.Namespace) -> int:
+    """One status, or (--watch) a fresh one every few seconds until every stage has ended."""
+    from launcher.executors.base import TERMINAL
+    from launcher.manifest import find_run
+    from launcher.progress import run_progress, status_text
+
+    while True:
+        manifest = backend.refresh(find_run(manifest.run_dir, []))  # re-read: a local launcher rewrites it
+        d = manifest.to_json()
+        progress = run_progress(manifest.run_dir, d) if "train" in manifest.stages else None
+        if args.json:
+            out = {**d, "train": progress.to_json() if progress else None}
+            # --watch: one object per line, so that a reader can parse each refresh as it comes
+            print(json.dumps(out) if args.watch else json.dumps(out, indent=2))
+        else:
+            if args.watch and sys.stdout.isatty():
+                sys.stdout.write("\033[H\033[2J")  # clear the terminal: a live view, not a scrolling one
+            sys.stdout.write(status_text(d, progress))
+        sys.stdout.flush()
+        if not args.watch or all(r.state in TERMINAL for r in manifest.stages.values()):
+            return EXIT_OK
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return EXIT_OK
 
 
 def _print_log(rec: Any, backend: Any, manifest: Any, follow: bool) -> int:

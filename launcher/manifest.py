@@ -37,6 +37,10 @@ class StageRecord:
     depends_on: list[str] = field(default_factory=list)
     exit_code: int | None = None
     reason: str = ""  # why a stage ended FAILED or CANCELLED, in one line (from its log where it says)
+    # epoch seconds, where the backend knows them (the report's stage timeline); None: not recorded
+    submitted: float | None = None
+    started: float | None = None
+    ended: float | None = None
 
 
 # What a failed stage's log says, most specific first: the manifest's reason names it.

@@ -28,6 +28,7 @@ LauncherKind = Literal["none", "srun", "torchrun"]
 STAGE_ORDER: tuple[StageName, ...] = ("download", "convert", "tokenize", "train", "export")
 CODE_MOUNT = "/opt/cpt-launch"  # where the launcher's own source is mounted in the container
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+WANDB_PROJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # W&B refuses / \\ # ? % : in project names
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Overrides:
     val_every_n_steps: int | None = None
     resume: Literal["auto", "resume", "fresh"] = "auto"
     random_init: bool = False  # benchmarks: random weights, no download/convert; the tokenizer from model_dir
+    wandb_project: str | None = None  # W&B project of the train stage (NeMo's WandbLogger); None: no W&B
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,8 @@ class LaunchPlan:
             "parallelism": {"tp": p.tp, "pp": p.pp, "cp": p.cp, "dp": p.dp, "mbs": p.mbs, "gbs": p.gbs,
                             "sequence_parallel": p.sequence_parallel, "grad_accum": p.grad_accum},
             "memory": self.memory,
+            "hardware": {"gpu": self.profile.hardware.gpu, "peak_bf16_tflops": self.profile.hardware.peak_tflops,
+                         "internet": self.profile.hardware.internet},
             "run_dir": self.run_dir,
             "container_image": self.container_image,
             "mounts": [f"{h}:{c}" for h, c in self.mounts],
@@ -209,6 +213,10 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
     if not RUN_NAME_RE.fullmatch(run):
         problems.append(Problem("error", "--run-name", f"run-name={run}: allowed: letters, digits, '.', '_', '-' "
                                                         "(1-64, starting with a letter or digit)"))
+    if ov.wandb_project is not None and not WANDB_PROJECT_RE.fullmatch(ov.wandb_project):
+        problems.append(Problem("error", "--wandb-project",
+                                f"wandb-project={ov.wandb_project}: allowed: letters, digits, '.', '_', '-' (1-128, "
+                                "starting with a letter or digit)"))
     image = ov.container_image or (profile.container.image if profile.container else None)
     if ov.container_image and profile.container is None:
         problems.append(Problem("error", "--container-image",
@@ -337,7 +345,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         # not under log_dir: NeMo's logger moves the files it finds there into run_N/ when a run resumes
         step_log=_to_job_path(posixpath.join(run_dir, "logs", "train_steps.jsonl"), profile),
         run_name=run,
-        wandb_project=None,
+        wandb_project=ov.wandb_project,
     )
     jobspec = JobSpec(
         train=train,
@@ -405,7 +413,9 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
          {f"prefix_{i}": p + "_text_document" for i, (_, p) in enumerate(tokenize_jobs)},
          None if tokenize_jobs else "all --data items are prepared Megatron prefixes"),
         ("train", ("convert", "tokenize"), gpu_res, [train_cmd], train_launcher,
-         {"checkpoints": ckpt_dir_host, "tensorboard": posixpath.join(run_dir, "train")}, None),
+         {"checkpoints": ckpt_dir_host, "tensorboard": posixpath.join(run_dir, "train"),
+          # NeMoLogger puts the WandbLogger's save_dir under log_dir; offline runs land in wandb/offline-run-*
+          **({"wandb": posixpath.join(run_dir, "train", "wandb")} if ov.wandb_project else {})}, None),
         ("export", ("train",), cpu_res(),
          [[py, "-m", "recipes.entry", "export", "--jobspec", jobspec_job]],
          "none", {"hf_model": export_host}, None),
@@ -422,6 +432,10 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
             # read once, when CUDA initialises: set inside the trainer it came too late (7.04 GiB stayed reserved
             # but unallocated at an out-of-memory under the 47 GiB cap); a profile's env may set its own
             stage_env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+            if ov.wandb_project and (not hw.internet or profile.executor == "docker"):
+                # no network from the nodes, or a container that secrets are never passed into (executors/local.py):
+                # W&B writes its run under the train log dir; `wandb sync` it later
+                stage_env["WANDB_MODE"] = "offline"
         script = render_stage_script(run=run, stage=name, cmds=cmds, env=stage_env, secrets=tuple(d.secrets),
                                      workdir=job_run_dir, command=ctx.command)
         stages.append(Stage(

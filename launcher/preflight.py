@@ -601,7 +601,20 @@ def check_plan(plan: Any, env: Mapping[str, str], fs: FileSystemView | None = No
 
     t = plan.jobspec.train
     spec = train_spec_problems(t, t.attention if t.attention in ("te", "sdpa") else None)
-    return run_preflight(facts_from_plan(plan, env), fs, filesystem=filesystem) + spec
+    return run_preflight(facts_from_plan(plan, env), fs, filesystem=filesystem) + spec + _wandb_key(plan, env)
+
+
+def _wandb_key(plan: Any, env: Mapping[str, str]) -> list[Problem]:
+    """Online W&B needs WANDB_API_KEY in the job: without it wandb.init fails after the queue wait, unless the
+    nodes have a ~/.netrc from `wandb login` (which this cannot see): a warning, not an error."""
+    t = plan.jobspec.train
+    offline = "WANDB_MODE=offline" in plan.stage("train").script
+    if not t.wandb_project or offline or env.get("WANDB_API_KEY"):
+        return []
+    return [Problem("warning", "env WANDB_API_KEY",
+                    f"--wandb-project {t.wandb_project}: W&B runs online on {plan.cluster} (hardware.internet: "
+                    "true) but WANDB_API_KEY is not set in this shell; fix: export WANDB_API_KEY (passed to the "
+                    "job by name), `wandb login` on the nodes, or hardware.internet: false to log offline")]
 
 
 def _divs(n: int) -> str:

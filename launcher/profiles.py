@@ -40,6 +40,17 @@ GPUS: dict[str, tuple[float, int, str]] = {
     "cpu": (0.0, 0, "no GPUs"),
 }
 
+# Dense bf16 tensor-core peak per GPU (TFLOP/s, vendor datasheets, without sparsity): the denominator of MFU.
+GPU_PEAK_BF16_TFLOPS: dict[str, float] = {
+    "h100-80gb": 989.0,  # H100 SXM
+    "h200-141gb": 989.0,  # same chip as H100 SXM
+    "a100-80gb": 312.0,
+    "a100-40gb": 312.0,
+    "rtx6000ada-48gb": 364.2,
+    "l40s-48gb": 362.0,
+    "a6000-48gb": 154.8,
+}
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -61,10 +72,18 @@ class Hardware:
     """How nodes are linked."""
     max_nodes: int = 1
     """The most nodes a job may ask for."""
+    peak_bf16_tflops: float | None = None
+    """Dense bf16 peak TFLOP/s of one GPU, the MFU denominator; defaults to the known value for ``gpu``."""
+    internet: bool = True
+    """Whether the compute nodes reach the internet; false: W&B logs offline (WANDB_MODE=offline, sync later)."""
 
     @property
     def gpu_memory(self) -> float:
         return self.gpu_memory_gib if self.gpu_memory_gib is not None else GPUS.get(self.gpu, (0.0, 0, ""))[0]
+
+    @property
+    def peak_tflops(self) -> float | None:
+        return self.peak_bf16_tflops if self.peak_bf16_tflops is not None else GPU_PEAK_BF16_TFLOPS.get(self.gpu)
 
 
 @dataclass(frozen=True)
@@ -522,8 +541,8 @@ def _partial_checks(cls: type, v: dict[str, Any]) -> list[tuple[str, str]]:
             m = v.get("gpu_memory_gib")
             if m is not None and not 0 < m <= mem * 1.05:
                 out.append(("gpu_memory_gib", f"={m}: a {gpu} has {mem} GiB usable (allowed: 0 < value <= {mem})"))
-        for key in ("host_memory_gib", "max_nodes", "cpus_per_node"):
-            if key in v and v[key] <= 0:
+        for key in ("host_memory_gib", "max_nodes", "cpus_per_node", "peak_bf16_tflops"):
+            if key in v and v[key] is not None and v[key] <= 0:
                 out.append((key, f"={v[key]}: must be > 0"))
     if cls is SlurmSettings:
         for key in ("time", "cpu_time"):

@@ -283,7 +283,10 @@ def _run_convert(spec: JobSpec, validate_only: bool) -> int:
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     recipe.output_path = str(partial)
-    with hf_connectors_without_te(), cpu_only_saves():
+    from launcher.bars import phase
+
+    with hf_connectors_without_te(), cpu_only_saves(), \
+            phase(f"[recipes.entry] convert: read {spec.convert.hf_model_dir}, write the NeMo checkpoint"):
         fdl.build(recipe)()
     if out.exists():  # overwrite=true
         shutil.rmtree(out)
@@ -341,9 +344,13 @@ def _run_export(spec: JobSpec, validate_only: bool) -> int:
     partial = out.with_name(out.name + ".partial")  # renamed when complete, as in convert
     shutil.rmtree(partial, ignore_errors=True)
     steps[-1].output_path = str(partial)
+    from launcher.bars import phase
+
     with hf_connectors_without_te(), cpu_only_saves():
-        for r in steps:
-            fdl.build(r)()
+        for i, r in enumerate(steps, 1):
+            what = "merge the LoRA adapters" if i < len(steps) else f"read {ckpt}, write HF safetensors"
+            with phase(f"[recipes.entry] export {i}/{len(steps)}: {what}"):
+                fdl.build(r)()
     (partial / EXPORT_SOURCE).write_text(json.dumps({"checkpoint": decision.path}) + "\n")
     if out.exists():
         shutil.rmtree(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -240,7 +241,11 @@ def test_cpt_launch_tokenize_subcommand(tmp_path, llama31_tokenizer_dir) -> None
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["documents"] == 30
-    assert "tokenize: budget:" in proc.stderr and "tokenize [" in proc.stderr  # summary and progress on stderr
+    assert "tokenize: budget:" in proc.stderr  # the summary on stderr, and progress: not a terminal, so plain
+    # lines (tqdm's format, no carriage returns) -- the last one at 100%
+    bars = [line for line in proc.stderr.splitlines() if re.match(r"tokenize: +\d+%\|", line)]
+    assert bars and "100%|" in bars[-1] and "docs/s" in bars[-1], proc.stderr
+    assert "\r" not in proc.stderr
 
 
 def test_launcher_data_imports_no_torch_or_megatron() -> None:

@@ -30,7 +30,6 @@ import glob
 import gzip
 import hashlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -780,42 +779,26 @@ def length_distribution(prefix: str) -> dict[str, Any]:
 
 
 class _Progress:
-    """docs/s, MB/s and ETA on stderr: a live bar on a terminal, a line every 10 s otherwise."""
+    """Bytes read, docs/s and MB/s of text on stderr (``launcher.bars``: a tqdm bar on a terminal, a line every
+    10 s otherwise)."""
 
     def __init__(self, stream: TextIO | None, total_bytes: int) -> None:
-        self.stream = stream
-        self.total = max(total_bytes, 1)
-        self.tty = bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+        from launcher.bars import Bar
+
+        self.bar = Bar("tokenize", max(total_bytes, 1), stream)
         self.t0 = time.monotonic()
-        self.last = 0.0
         self.docs = 0
         self.text_bytes = 0
-        self.done_bytes = 0  # raw input bytes (compressed for .gz) already consumed
 
     def update(self, docs: int, text_bytes: int, pos: int, force: bool = False) -> None:
         self.docs += docs
         self.text_bytes += text_bytes
-        self.done_bytes = pos
-        now = time.monotonic()
-        if self.stream is None or (not force and now - self.last < (0.5 if self.tty else 10.0)):
-            return
-        self.last = now
-        el = max(now - self.t0, 1e-9)
-        frac = min(self.done_bytes / self.total, 1.0)
-        eta = (el / frac - el) if frac > 0 else float("nan")
-        eta_s = "--:--:--" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-        width = 24
-        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
-        msg = (f"tokenize [{bar}] {frac * 100:5.1f}% {self.docs:,} docs {self.docs / el:,.0f} docs/s "
-               f"{self.text_bytes / el / 1e6:.2f} MB/s ETA {eta_s}")
-        if self.tty:
-            print("\r" + msg, end="", file=self.stream, flush=True)
-        else:
-            print(msg, file=self.stream, flush=True)
+        el = max(time.monotonic() - self.t0, 1e-9)
+        self.bar.update_to(pos, f"{self.docs:,} docs, {self.docs / el:,.0f} docs/s, "
+                                f"{self.text_bytes / el / 1e6:.2f} MB/s text")
 
     def close(self) -> None:
-        if self.stream is not None and self.tty:
-            print(file=self.stream, flush=True)
+        self.bar.close()
 
 
 def _fingerprint(path: Path, spec: TokenizerSpec, opts: _Options) -> dict[str, Any]:

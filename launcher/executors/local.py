@@ -106,8 +106,8 @@ class NemoRunLocal(Backend):
                 ex = run.LocalExecutor(packager=run.Packager())
             rec.state = "RUNNING"
             rec.job_id = f"local:{os.getpid()}:{stage.name}"
+            t0 = rec.started = time.time()
             manifest.save()
-            t0 = time.time()
             try:
                 with contextlib.redirect_stdout(sys.stderr), \
                         run.Experiment(f"{plan.run}-{stage.name}", log_level="WARN") as exp:
@@ -116,13 +116,14 @@ class NemoRunLocal(Backend):
                 # the Experiment waits for its jobs when the `with` block exits: read the state after it
                 state = str(exp.jobs[0].state).split(".")[-1].upper()
             except BaseException as e:  # Ctrl-C or nemo_run/docker refusing: nothing after this stage may run
-                rec.state = "FAILED"
+                rec.state, rec.ended = "FAILED", time.time()
                 rec.reason = f"the launcher stopped: {type(e).__name__}: {e}"[:300]
                 for other in manifest.stages.values():
                     if other.state == "PENDING":
                         other.state = "CANCELLED"
                 manifest.save()
                 raise
+            rec.ended = time.time()
             rec.state = "COMPLETED" if state == "SUCCEEDED" else "CANCELLED" if marker.exists() else "FAILED"
             rec.exit_code = 0 if rec.state == "COMPLETED" else 1
             if rec.state == "FAILED":

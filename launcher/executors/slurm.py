@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -65,9 +66,12 @@ class SlurmJobs(Backend):
         if not ids:
             return manifest
         states = sacct_states(ids)
+        times = sacct_times(ids)
         for r in manifest.stages.values():
             if r.job_id in states:
                 r.state, r.exit_code = states[r.job_id]
+            if r.job_id in times:
+                r.submitted, r.started, r.ended = times[r.job_id]
         manifest.save()
         return manifest
 
@@ -161,3 +165,27 @@ def sacct_states(ids: list[str]) -> dict[str, tuple[str, int | None]]:
             jid, state = line.split("|")
             states[jid] = (state, None)
     return states
+
+
+def _sacct_time(v: str) -> float | None:
+    """sacct's local ISO time (2026-12-01T11:05:00) as epoch seconds; "Unknown"/"None" (not yet) as None."""
+    try:
+        return time.mktime(time.strptime(v.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def sacct_times(ids: list[str]) -> dict[str, tuple[float | None, float | None, float | None]]:
+    """(submitted, started, ended) per job for the report's timeline; {} when sacct cannot say (never fatal:
+    the states above are what status needs)."""
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "--format=JobID,Submit,Start,End", "-j", ",".join(ids)],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    times: dict[str, tuple[float | None, float | None, float | None]] = {}
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) >= 4:
+            times[parts[0]] = (_sacct_time(parts[1]), _sacct_time(parts[2]), _sacct_time(parts[3]))
+    return times
