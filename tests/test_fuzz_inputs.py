@@ -238,5 +238,103 @@ def test_bad_cli_value_is_a_clean_error_or_a_safe_plan(case: str, args: list[str
 
 # ---- tokenize inputs -----------------------------------------------------------------------------------------
 
-def _tokenize_cases(tmp: Path) -> dict[str, list[str]]:
-    return {}
+GOOD = '{"text": "日本語の文です。"}\n{"text": "An English line."}\n'
+
+
+def _jsonl_cases(d: Path) -> dict[str, list[str]]:
+    """case -> extra tokenize arguments; files are made under d."""
+    def put(name: str, data: bytes) -> str:
+        (d / name).write_bytes(data)
+        return str(d / name)
+
+    good = put("good.jsonl", GOOD.encode())
+    cases: dict[str, list[str]] = {
+        "corrupt-gz": ["--input", put("bad.jsonl.gz", b"\x1f\x8b\x08\x00garbage" * 10)],
+        "truncated-gz": ["--input", put("trunc.jsonl.gz", gzip.compress(GOOD.encode() * 50)[:-20])],
+        "blank-gz": ["--input", put("blank.jsonl.gz", gzip.compress(b"\n" * (16 << 20)))],
+        "non-utf8-line": ["--input", put("latin.jsonl", GOOD.encode() + b'{"text": "caf\xe9"}\n')],
+        "deep-json": ["--input", put("deep.jsonl", b"[" * 200000 + b"]" * 200000 + b"\n" + GOOD.encode())],
+        "not-objects": ["--input", put("list.jsonl", b'[1, 2]\n"str"\nnull\n{"text": 5}\n{"text": null}\n')],
+        "nul-text": ["--input", put("nul.jsonl", b'{"text": "a\\u0000b"}\n' + GOOD.encode())],
+        "no-match": ["--input", str(d / "nothing_*.jsonl")],
+        "directory-input": ["--input", str(d / "emptydir")],
+        "output-under-a-file": ["--input", good, "--output", str(d / "good.jsonl" / "out")],
+        "output-too-long": ["--input", good, "--output", str(d / ("x" * 300))],
+        "seq-length-0": ["--input", good, "--seq-length", "0"],
+        "gbs-negative": ["--input", good, "--global-batch-size", "-1"],
+        "workers-0": ["--input", good, "--workers", "0"],
+        "weight-negative": ["--input", good, "--blend", str(d / "blend.json"), "--weight", "-1"],
+        "weight-nan": ["--input", good, "--blend", str(d / "blend.json"), "--weight", "nan"],
+    }
+    (d / "emptydir").mkdir(exist_ok=True)
+    return cases
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+JSONL_CASES = ["corrupt-gz", "truncated-gz", "blank-gz", "non-utf8-line", "deep-json", "not-objects", "nul-text",
+               "no-match", "directory-input", "output-under-a-file", "output-too-long", "seq-length-0",
+               "gbs-negative", "workers-0", "weight-negative", "weight-nan"]
+
+
+@pytest.mark.parametrize("case", JSONL_CASES)
+def test_bad_tokenize_input_is_clean_and_leaves_nothing_partial(case: str, tmp_path: Path, llama31_tokenizer_dir: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cases = _jsonl_cases(inputs)
+    assert sorted(cases) == sorted(JSONL_CASES)
+    extra = cases[case]
+    before = _tree(inputs)
+    out = tmp_path / "out" / "ds"
+    argv = ["tokenize", "--tokenizer", str(llama31_tokenizer_dir), "--output", str(out), "--workers", "2", *extra]
+    if extra.count("--output") == 1:
+        argv[argv.index("--output"):argv.index("--output") + 2] = []
+    rc, _, err = _run_cli(argv, capsys, case)
+    after = _tree(inputs)
+    assert {k: v for k, v in after.items() if k in before} == before, f"{case}: an input changed"
+    finished = [p for p in tmp_path.rglob("*_document.*") if p.suffix in (".bin", ".idx")]
+    if rc == 2:
+        assert not finished, f"{case}: a failed run left {finished}"
+    else:
+        assert {p.suffix for p in finished} == {".bin", ".idx"}, f"{case}: {finished}"
+
+
+def test_tokenize_never_reads_its_own_outputs(tmp_path: Path, llama31_tokenizer_dir: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """An input that is one of the output's own files (its skipped-lines list, its stats) is refused, untouched."""
+    d = tmp_path / "out"
+    d.mkdir()
+    base = ["tokenize", "--tokenizer", str(llama31_tokenizer_dir), "--output", str(d / "x"), "--workers", "1"]
+    (d / "good.jsonl").write_text(GOOD + "not json\n")
+    rc, _, err = _run_cli([*base, "--input", str(d / "good.jsonl")], capsys, "first")
+    assert rc == 0, err
+    own = [p for p in d.iterdir() if p.name.startswith("x") and p.suffix in (".jsonl", ".json")]
+    assert own, list(d.iterdir())
+    for f in own:
+        data = f.read_bytes()
+        rc, _, err = _run_cli([*base, "--input", str(f)], capsys, f.name)
+        assert rc == 2 and "output" in err and f.name in err, err
+        assert f.read_bytes() == data, f"{f} changed"
+
+
+@pytest.mark.parametrize("what,content", [
+    ("tokenizer.json", b"{not json"), ("tokenizer.json", b"[]"), ("tokenizer_config.json", b"{not json"),
+    ("tokenizer_config.json", b'"a string"'), ("tokenizer_config.json", b'{"eos_token": 5}'),
+    ("tokenizer.json", b"\xff\xfe\x00"),
+])
+def test_a_broken_tokenizer_is_a_clean_error(what: str, content: bytes, tmp_path: Path, llama31_tokenizer_dir: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    for f in llama31_tokenizer_dir.iterdir():
+        if f.is_file():
+            (tok / f.name).write_bytes(f.read_bytes())
+    (tok / what).write_bytes(content)
+    (tmp_path / "in.jsonl").write_text(GOOD)
+    rc, _, err = _run_cli(["tokenize", "--tokenizer", str(tok), "--input", str(tmp_path / "in.jsonl"), "--output",
+                           str(tmp_path / "o" / "x"), "--workers", "1"], capsys, f"{what}={content!r}")
+    assert rc == 2 and what in err, err
+    assert not list(tmp_path.rglob("*.bin"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -109,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     err = sys.stderr
+    if args.blend and not (math.isfinite(args.weight) and args.weight > 0):
+        print(f"cpt-launch tokenize: error: --weight {args.weight}: must be a positive number (a share of the blend)",
+              file=err)
+        return EXIT_USAGE
     try:
         res = tokenize_jsonl(
             args.input, args.tokenizer, args.output, workers=args.workers, json_keys=keys, strict=args.strict,

@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -54,7 +55,9 @@ FORMAT_VERSION = 1  # bump when the shard bytes for the same input/options would
 BLOCK_BYTES = 1 << 20  # JSONL bytes per task sent to a worker
 EOT_TOKEN = "<|eot_id|>"
 LENGTH_CAP = 1 << 20  # tokens-per-document histogram: exact up to here, one overflow bucket above
-MAX_EXAMPLES = 20  # skipped-line examples kept in stats.json (all of them go to {output}.skipped.jsonl)
+MAX_EXAMPLES = 20  # skipped-line examples kept in stats.json (up to MAX_LISTED per shard go to {output}.skipped.jsonl)
+MAX_LINE_BYTES = 1 << 30  # one JSONL line (one document); past it the file is not JSONL
+MAX_LISTED = 10_000  # skipped lines listed in {output}.skipped.jsonl per shard; all are counted in stats.json
 ENGINES = ("gigatoken", "tiktoken", "hf")
 
 
@@ -148,6 +151,8 @@ def load_tokenizer_spec(directory: str | os.PathLike[str], *, allow_eot_eod: boo
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{cfg_path}: cannot parse: {e}") from None
+    if not isinstance(cfg, dict):
+        raise DataError(f"{cfg_path}: a JSON {type(cfg).__name__}; allowed: an object with eos_token")
     facts = _cache_get(sha, "facts")
     if facts is None:
         facts = _tokenizer_facts(raw, tj)
@@ -193,6 +198,8 @@ def _tokenizer_facts(raw: bytes, tj: Path) -> dict[str, Any]:
         tok = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise DataError(f"{tj}: cannot parse: {e}") from None
+    if not isinstance(tok, dict) or not isinstance(tok.get("model") or {}, dict):
+        raise DataError(f"{tj}: not an HF tokenizer.json (a JSON {type(tok).__name__} without a 'model' object)")
     ids_of: dict[str, int] = {}
     model = tok.get("model") or {}
     vocab = model.get("vocab") or {}
@@ -449,7 +456,8 @@ class _BlockResult:
     lengths: dict[str, np.ndarray]  # per key, int32 tokens per document
     text_bytes: dict[str, int]
     lines: int
-    issues: list[tuple[int, str, str]]  # (line number, reason, detail)
+    issues: list[tuple[int, str, str]]  # (line number, reason, detail): at most MAX_LISTED
+    issue_counts: dict[str, int] = dataclasses.field(default_factory=dict)  # every issue, by reason
 
 
 _STATE: dict[str, Any] = {}
@@ -570,18 +578,23 @@ def _process_block(block: bytes, first_line: int) -> _BlockResult:
         lines.pop()
     per_key: list[list[bytes]] = [[] for _ in opts.json_keys]
     issues: list[tuple[int, str, str]] = []
+    counts: collections.Counter[str] = collections.Counter()
     for i, line in enumerate(lines):
         if not line.strip():
-            issues.append((first_line + i, "blank-line", "an empty line; allowed: one JSON object per line"))
+            counts["blank-line"] += 1
+            if len(issues) < MAX_LISTED:  # a file of blank lines is counted, not listed line by line
+                issues.append((first_line + i, "blank-line", "an empty line; allowed: one JSON object per line"))
             continue
         texts, reason, detail = _parse_line(line, opts.json_keys, opts.keep_empty)
         if texts is None:
-            issues.append((first_line + i, reason, detail))
+            counts[reason] += 1
+            if len(issues) < MAX_LISTED:
+                issues.append((first_line + i, reason, detail))
             continue
         for k, t in enumerate(texts):
             per_key[k].append(t)
     dtype = np.dtype(spec.dtype)
-    result = _BlockResult({}, {}, {}, len(lines), issues)
+    result = _BlockResult({}, {}, {}, len(lines), issues, dict(counts))
     for key, texts in zip(opts.json_keys, per_key):
         flat, lengths = engine.encode(texts)
         pre = [] if engine.adds_template else list(spec.prefix_ids)
@@ -628,6 +641,32 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     return out
 
 
+# the longest name tokenize writes beside --output: PREFIX_{key}_document.stats.json / .tokenize-work
+_LONGEST_SUFFIX = len("_document.stats.json") + 8
+
+
+def _check_output_place(out: Path, outputs: dict[str, str], files: list[Path]) -> None:
+    """--output names a place that can hold the files and is none of the inputs: refused before any work, so a
+    bad output never leaves half a dataset, and a run never reads (then replaces) one of its own files."""
+    longest = max(len(os.fsencode(Path(p).name)) for p in outputs.values()) + _LONGEST_SUFFIX
+    if longest > 255 or any(len(os.fsencode(part)) > 255 for part in out.parts):
+        raise DataError(f"--output {out}: the file names it makes would be {longest} bytes long; allowed: 255 "
+                        "(shorten the prefix)")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("/"))
+    if not parent.is_dir():
+        raise DataError(f"--output {out}: {parent} is a file, not a directory")
+    own = {Path(f"{out}.skipped.jsonl").resolve(), *(Path(f"{p}.stats.json").resolve() for p in outputs.values())}
+    work = Path(f"{out}.tokenize-work").resolve()
+    mine = [f for f in files if f.resolve() in own or work in f.resolve().parents]
+    if mine:
+        raise DataError(f"--input {mine[0]}: is one of the files --output {out} writes (its stats, skipped-lines "
+                        "list or work files), which this run would replace; allowed: any other file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"--output {out}: cannot create {out.parent}: {e.strerror}") from None
+
+
 def _open_input(path: Path) -> tuple[Any, Any]:
     raw = open(path, "rb")
     if path.name.endswith(".gz"):
@@ -644,7 +683,7 @@ def _iter_blocks(path: Path, block_bytes: int) -> Iterator[tuple[bytes, int, int
         while True:
             try:
                 chunk = stream.read(block_bytes)
-            except (OSError, EOFError) as e:
+            except (OSError, EOFError, zlib.error) as e:
                 raise DataError(f"{path}: cannot read past line {line_no}: {e} (a truncated or corrupt .gz?)") from None
             if not chunk:
                 if carry:
@@ -653,7 +692,10 @@ def _iter_blocks(path: Path, block_bytes: int) -> Iterator[tuple[bytes, int, int
             data = carry + chunk
             cut = data.rfind(b"\n")
             if cut < 0:
-                carry = data  # a line longer than a block: keep reading
+                carry = data  # a line longer than a block: keep reading, up to a bound
+                if len(carry) > MAX_LINE_BYTES:
+                    raise DataError(f"{path}:{line_no}: a line of over {MAX_LINE_BYTES >> 20} MiB without a newline; "
+                                    "allowed: one JSON document per line")
                 continue
             block, carry = data[: cut + 1], data[cut + 1:]
             yield block, line_no, raw.tell()
@@ -850,6 +892,9 @@ def tokenize_jsonl(
     t_start = time.monotonic()
     if workers < 1:
         raise DataError(f"--workers {workers}: must be >= 1")
+    for flag, val in (("--global-batch-size", global_batch_size), ("--seq-length", seq_length)):
+        if val < 1:
+            raise DataError(f"{flag} {val}: must be >= 1 (it sizes the token budget in stats.json)")
     keys = tuple(json_keys)
     if not keys or len(set(keys)) != len(keys):
         raise DataError(f"--json-key {list(keys)}: give one or more distinct keys")
@@ -861,10 +906,10 @@ def tokenize_jsonl(
     out = Path(output_prefix)
     if out.name == "" or str(output_prefix).endswith(os.sep):
         raise DataError(f"--output {output_prefix}: give a file prefix such as ds/train, not a directory")
+    outputs = {k: _dataset_prefix(str(out), k) for k in keys}
+    _check_output_place(out, outputs, files)
     if out.is_dir():
         raise DataError(f"--output {output_prefix}: is a directory; give a file prefix such as {out / 'train'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    outputs = {k: _dataset_prefix(str(out), k) for k in keys}
     work = Path(f"{out}.tokenize-work")
     with _exclusive(Path(f"{out}.tokenize.lock"), output_prefix):
         return _tokenize_locked(files, spec, keys, opts, out, outputs, work, workers=workers, strict=strict,
@@ -993,13 +1038,16 @@ def _tokenize_locked(files: list[Path], spec: TokenizerSpec, keys: tuple[str, ..
             raise
     elapsed = time.monotonic() - t_start
     issues_all = [Issue(**x) for m in metas for x in m["issues"]]
+    by_reason = dict(collections.Counter(it.reason for it in issues_all))
+    if all("issue_counts" in m for m in metas):  # shards of older versions list every issue
+        by_reason = dict(sum((collections.Counter(m["issue_counts"]) for m in metas), collections.Counter()))
+    n_issues = sum(by_reason.values())
     skipped_file = Path(f"{out}.skipped.jsonl")
     if issues_all:
         with open(skipped_file, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(dataclasses.asdict(it), ensure_ascii=False) + "\n" for it in issues_all)
     else:
         skipped_file.unlink(missing_ok=True)
-    by_reason = dict(collections.Counter(it.reason for it in issues_all))
     stats_list = []
     for k in keys:
         info = read_index(outputs[k])
@@ -1021,7 +1069,7 @@ def _tokenize_locked(files: list[Path], spec: TokenizerSpec, keys: tuple[str, ..
             "input_bytes": sum(p.stat().st_size for p in files),
             "lines": sum(m["lines"] for m in metas),
             "skipped": {
-                "total": len(issues_all), "by_reason": by_reason,
+                "total": n_issues, "by_reason": by_reason, "listed": len(issues_all),
                 "examples": [dataclasses.asdict(it) for it in issues_all[:MAX_EXAMPLES]],
                 "all_in": str(skipped_file) if issues_all else None,
             },
@@ -1117,7 +1165,7 @@ def _run_shards(files: list[Path], pending: list[int], shard_prefix: list[Path],
             if i != current:
                 current = i
                 writers = {k: IndexedWriter(f"{shard_prefix[i]}_{k}_document", spec.dtype) for k in opts.json_keys}
-                shard_state = {"lines": 0, "issues": [], "text_bytes": {k: 0 for k in opts.json_keys}}
+                shard_state = {"lines": 0, "issues": [], "issue_counts": {}, "text_bytes": {k: 0 for k in opts.json_keys}}
             if isinstance(handle, DataError):
                 raise handle
             if handle is None:  # end of shard: finalize its files, then its done-marker (last)
@@ -1125,7 +1173,7 @@ def _run_shards(files: list[Path], pending: list[int], shard_prefix: list[Path],
                     w.finalize()
                 _write_json_atomic(Path(f"{shard_prefix[i]}.done.json"), {
                     "fingerprint": fingerprints[i], "lines": shard_state["lines"], "issues": shard_state["issues"],
-                    "text_bytes": shard_state["text_bytes"],
+                    "issue_counts": shard_state["issue_counts"], "text_bytes": shard_state["text_bytes"],
                 })
                 writers = {}
                 done_before += files[i].stat().st_size
@@ -1137,8 +1185,13 @@ def _run_shards(files: list[Path], pending: list[int], shard_prefix: list[Path],
                 if strict:
                     ln, reason, detail = res.issues[0]
                     raise DataError(f"{files[i]}:{ln}: {reason}: {detail} (--strict stops at the first bad line)")
+                # counted all, listed up to MAX_LISTED per shard: 16 M blank lines must not become 16 M records
+                counts = shard_state["issue_counts"]
+                for r, n in res.issue_counts.items():
+                    counts[r] = counts.get(r, 0) + n
+                room = MAX_LISTED - len(shard_state["issues"])
                 shard_state["issues"].extend(
-                    {"file": str(files[i]), "line": ln, "reason": r, "detail": d} for ln, r, d in res.issues
+                    {"file": str(files[i]), "line": ln, "reason": r, "detail": d} for ln, r, d in res.issues[:room]
                 )
             shard_state["lines"] += res.lines
             n_docs = 0
