@@ -82,12 +82,31 @@ def complete_current_batch(checkpoint: dict[str, Any]) -> None:
         state["_batches_that_stepped"] += behind
 
 
+def val_metric_keys(names: list[str]) -> list[str]:
+    """Where Lightning files NeMo's ``val_loss`` for each validation set: ``val_loss`` with one dataloader,
+    ``val_loss/dataloader_idx_<i>`` with several (``add_dataloader_idx``, Lightning 2.4)."""
+    if len(names) <= 1:
+        return ["val_loss"]
+    return [f"val_loss/dataloader_idx_{i}" for i in range(len(names))]
+
+
+def _sync_cuda() -> None:
+    if torch.cuda.is_available():  # the CPU replays in the tests have no CUDA to wait for
+        torch.cuda.synchronize()
+
+
 class StepStats(Callback):
-    def __init__(self, tokens_per_step: int, flops_per_token: float, world_size: int, log_path: str | None = None):
+    """The step log. ``val_sets``: the validation sets' names in dataloader order (recipes.data); each validation
+    writes one ``{"kind": "val", "step", "set", "val_loss"}`` line per set, and with several sets ``val_loss``
+    (the name the checkpoint monitor and the progress bar read) is made the first set's loss."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, world_size: int, log_path: str | None = None,
+                 val_sets: list[str] | None = None):
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
         self.world_size = world_size
         self.log_path = log_path
+        self.val_sets = list(val_sets or ["valid"])
         self.rank = int(os.environ.get("RANK", "0"))
         self.attempt = previous_attempts(log_path) + 1
         self._t0: float | None = None
@@ -103,11 +122,11 @@ class StepStats(Callback):
                 f.write(json.dumps(rec) + "\n")
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        torch.cuda.synchronize()
+        _sync_cuda()
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        torch.cuda.synchronize()
+        _sync_cuda()
         if self._t0 is None:
             return
         dt = time.perf_counter() - self._t0
@@ -132,8 +151,9 @@ class StepStats(Callback):
             "tokens_per_s_per_gpu": round(tps_gpu, 1),
             "tflops_per_gpu_causal": round(tflops, 1),
             "mfu_causal_vs_989": round(tflops / H100_H200_DENSE_BF16_TFLOPS, 4),
-            "max_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-            "max_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+            "max_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+            "max_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available()
+            else None,
             "host_rss_gib": rss,
             "host_used_gib": used,
             "rank": self.rank,
@@ -142,9 +162,13 @@ class StepStats(Callback):
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
-        v = trainer.callback_metrics.get("val_loss")
-        self._write({"kind": "val", "step": int(trainer.global_step),
-                     "val_loss": float(v) if v is not None else None})
+        metrics = trainer.callback_metrics
+        values = [metrics.get(k) for k in val_metric_keys(self.val_sets)]
+        if len(values) > 1 and values[0] is not None:
+            metrics["val_loss"] = values[0]  # every rank: val_loss is the first set's loss
+        for name, v in zip(self.val_sets, values):
+            self._write({"kind": "val", "step": int(trainer.global_step), "set": name,
+                         "val_loss": float(v) if v is not None else None})
 
 
 def _lr(trainer: Any) -> float | None:
@@ -156,7 +180,7 @@ def _lr(trainer: Any) -> float | None:
 
 def _consumed_samples(trainer: Any) -> int | None:
     """Samples consumed so far, as NeMo names checkpoints by it (its data sampler counts from the resumed step)."""
-    sampler = getattr(getattr(trainer, "datamodule", None), "data_sampler", None)
+    sampler: Any = getattr(getattr(trainer, "datamodule", None), "data_sampler", None)
     try:
         return int(sampler.compute_consumed_samples(trainer.global_step - sampler.init_global_step))
     except (AttributeError, TypeError, ValueError):
