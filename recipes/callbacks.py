@@ -82,14 +82,6 @@ def complete_current_batch(checkpoint: dict[str, Any]) -> None:
         state["_batches_that_stepped"] += behind
 
 
-def val_metric_keys(names: list[str]) -> list[str]:
-    """Where Lightning files NeMo's ``val_loss`` for each validation set: ``val_loss`` with one dataloader,
-    ``val_loss/dataloader_idx_<i>`` with several (``add_dataloader_idx``, Lightning 2.4)."""
-    if len(names) <= 1:
-        return ["val_loss"]
-    return [f"val_loss/dataloader_idx_{i}" for i in range(len(names))]
-
-
 def _sync_cuda() -> None:
     if torch.cuda.is_available():  # the CPU replays in the tests have no CUDA to wait for
         torch.cuda.synchronize()
@@ -159,16 +151,57 @@ class StepStats(Callback):
             "rank": self.rank,
         })
 
+    # Several validation sets: the loss of each step is taken from the step's own output and filed under the
+    # dataloader of the batches it consumed (``dataloader_idx`` of on_validation_batch_end, read after the step).
+    # Lightning's own per-dataloader metrics (``val_loss/dataloader_idx_<i>``) are not used: with the data iterator
+    # NeMo hands the step, Lightning files a step under the dataloader of the batch fetched *before* it, so the
+    # first step of set i+1 counts as set i's (the CPU replay in tests/test_valid_sets.py shows it).
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._steps: dict[int, list[torch.Tensor]] = {}
+        self._means: dict[int, float] = {}
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if len(self.val_sets) > 1 and isinstance(outputs, torch.Tensor):
+            self._steps.setdefault(dataloader_idx, []).append(outputs.detach().float().reshape(()))
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if len(self.val_sets) < 2 or not self._steps:
+            return
+        means = torch.stack([torch.stack(self._steps[i]).mean() if i in self._steps else torch.tensor(float("nan"))
+                             for i in range(len(self.val_sets))])
+        means = _sum_over_pipeline(means)
+        self._means = {i: float(v) for i, v in enumerate(means) if i in self._steps}
+        for i, name in enumerate(self.val_sets):
+            if i in self._means:
+                pl_module.log(f"val_loss_{name}", self._means[i], on_epoch=True, batch_size=1)
+        if 0 in self._means:  # val_loss (checkpoint monitor, progress bar) is the first set's loss
+            pl_module.log("val_loss", self._means[0], on_epoch=True, batch_size=1)
+
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
-        metrics = trainer.callback_metrics
-        values = [metrics.get(k) for k in val_metric_keys(self.val_sets)]
-        if len(values) > 1 and values[0] is not None:
-            metrics["val_loss"] = values[0]  # every rank: val_loss is the first set's loss
+        if len(self.val_sets) > 1:
+            values: list[Any] = [self._means.get(i) for i in range(len(self.val_sets))]
+        else:
+            values = [trainer.callback_metrics.get("val_loss")]
         for name, v in zip(self.val_sets, values):
             self._write({"kind": "val", "step": int(trainer.global_step), "set": name,
                          "val_loss": float(v) if v is not None else None})
+
+
+def _sum_over_pipeline(t: torch.Tensor) -> torch.Tensor:
+    """NeMo's validation loss is on the last pipeline stage and 0 on the others (MegatronStrategy.validation_step
+    multiplies by pp after a mean over the stages): a sum over the pipeline group gives every rank the loss."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return t
+    from megatron.core import parallel_state
+
+    if parallel_state.get_pipeline_model_parallel_world_size() <= 1:
+        return t
+    t = t.to(torch.cuda.current_device()) if torch.cuda.is_available() else t
+    torch.distributed.all_reduce(t, group=parallel_state.get_pipeline_model_parallel_group())
+    return t.cpu()
 
 
 def _lr(trainer: Any) -> float | None:

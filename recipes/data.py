@@ -8,10 +8,12 @@ count, then returns one dataloader per set. Lightning runs them one after the ot
 set ``val_dataloader`` returns the single dataloader, exactly as NeMo does.
 
 How the losses come out (read from NeMo/Lightning, and replayed on CPU in ``tests/test_valid_sets.py``):
-``MegatronStrategy.validation_step`` logs ``val_loss``; with several dataloaders Lightning files it as
-``val_loss/dataloader_idx_<i>``, reduced per dataloader (and over pipeline stages by NeMo's ``sync_dist``).
-``recipes.callbacks.StepStats`` maps the indices back to the set names and writes one step-log line per set, and
-defines ``val_loss`` as the first set's.
+``MegatronStrategy.validation_step`` returns each step's loss and logs it as ``val_loss``, which with several
+dataloaders Lightning files as ``val_loss/dataloader_idx_<i>`` -- but under the dataloader of the batch fetched
+before the step, so the first step of each further set counts as the previous set's. ``recipes.callbacks.StepStats``
+therefore files the returned losses itself (by the dataloader of the batches each step consumed), logs
+``val_loss_<name>`` per set and ``val_loss`` = the first set's (the checkpoint monitor's metric), and writes one
+step-log line per set. The ``val_loss/dataloader_idx_<i>`` curves Lightning still logs are not to be read.
 """
 
 from __future__ import annotations
