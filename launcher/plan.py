@@ -40,8 +40,8 @@ class Overrides:
     gbs: int | None = None
     mbs: int | None = None
     seq_length: int | None = None
-    data: tuple[str, ...] = ()
-    valid_data: tuple[str, ...] = ()
+    data: tuple[str, ...] = ()  # as typed: [WEIGHT:]PATH (launcher.mix)
+    valid_data: tuple[str, ...] = ()  # as typed: [NAME=]PATH
     model: str | None = None
     model_dir: str | None = None
     container_image: str | None = None

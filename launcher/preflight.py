@@ -404,10 +404,11 @@ def check_token_budget(facts: PreflightFacts, tokens: Sequence[int | None]) -> l
                                + f" = {share * needed:,.0f} tokens repeat it {reps:.1f} times (epochs); fix: more "
                                f"data, a smaller weight or --max-steps {max(1, int(facts.max_steps / reps))} for "
                                "one pass"))
-    known = [n for n in tokens if n is not None]
-    if len(parts) > 1 and len(known) == len(parts) and sum(known) and needed > sum(known):
-        out.append(Problem("warning", "--data", f"the blend holds {sum(known):,} tokens in {len(parts)} datasets; "
-                                                f"{run} repeat it {needed / sum(known):.1f} times as a whole"))
+    known: list[int] = [n for n in tokens if n is not None]
+    total = sum(known)
+    if len(parts) > 1 and len(known) == len(parts) and 0 < total < needed:
+        out.append(Problem("warning", "--data", f"the blend holds {total:,} tokens in {len(parts)} datasets; "
+                                                f"{run} repeat it {needed / total:.1f} times as a whole"))
     return out
 
 

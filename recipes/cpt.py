@@ -401,7 +401,7 @@ def train_recipe_checks(recipe: run.Partial, spec: TrainSpec, attention: Resolve
         Check("data paths", d.paths, _data_paths(spec)),
         Check("validation sets (one loss each)", d.validation_sets, _validation_sets(spec)),
         Check("step log set names", next((c.val_sets for c in recipe.trainer.callbacks
-                                          if getattr(c, "__fn_or_cls__", None).__name__ == "StepStats"), None),
+                                          if getattr(getattr(c, "__fn_or_cls__", None), "__name__", "") == "StepStats"), None),
               [v.name for v in validation_sets(spec)]),
         Check("callbacks take dataloader_idx (several validation sets)",
               [h for c in recipe.trainer.callbacks for h in hooks_without_dataloader_idx(c.__fn_or_cls__)]

@@ -163,3 +163,31 @@ def test_the_recipes_data_module_builds_what_the_jobspec_says(corpus: Path, llam
     got = [ld.dataset.dataset_path for ld in loaders]
     assert got == [v.data[0] for v in spec.valid_sets]
     assert all(ld.mode == "validation" for ld in loaders)
+
+
+@pytest.mark.nemo
+def test_the_train_entry_resolves_the_weights_from_stats_json(corpus: Path, llama31_tokenizer_dir: Path,
+                                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    """recipes.entry train: the JobSpec as the plan wrote it (weights by tokens, not resolved), after the tokenize
+    stage: the recipe it builds trains on the stats.json shares; without a stats.json or .idx the job stops with
+    an error naming the blend, before NeMo builds anything."""
+    pytest.importorskip("nemo.collections.llm", reason="needs nemo_toolkit 2.7.x")
+    from recipes.entry import main as entry_main
+
+    plan = _plan(corpus, llama31_tokenizer_dir, ("ja/train_*.jsonl", "en/train_*.jsonl"),
+                 ("ja=ja/valid.jsonl", "en=en/valid.jsonl"))
+    _run_tokenize_stage(plan)
+    js = tmp_path / "jobspec.json"
+    js.write_text(plan.jobspec.to_json())
+    assert json.loads(js.read_text())["train"]["train_data"] == []
+    assert entry_main(["train", "--jobspec", str(js), "--validate-only"]) == 0
+    table = capsys.readouterr().out
+    want = resolve_train_spec(plan.jobspec.train).train_data
+    assert f"ok  data paths" in table and repr(want[1]) in table and repr(want[0]) in table
+    missing = dataclasses.replace(plan.jobspec.train.blend[0], prefix=str(tmp_path / "gone_text_document"))
+    bad = dataclasses.replace(plan.jobspec, train=dataclasses.replace(
+        plan.jobspec.train, blend=[missing, *plan.jobspec.train.blend[1:]]))
+    js.write_text(bad.to_json())
+    assert entry_main(["train", "--jobspec", str(js), "--validate-only"]) == 4
+    assert "jobspec train.blend" in capsys.readouterr().err

@@ -70,7 +70,8 @@ def _fit(tmp_path: Path, values: list[float], names: list[str] | None, monitor: 
         callbacks.append(ck)
     trainer = L.Trainer(max_steps=6, val_check_interval=3, limit_val_batches=2 * MICRO, num_sanity_val_steps=0,
                         callbacks=callbacks, accelerator="cpu", devices=1, logger=False, log_every_n_steps=1,
-                        enable_progress_bar=False, enable_model_summary=False)
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=monitor,
+                        default_root_dir=str(tmp_path))
     trainer.fit(NeMoLikeValidation(values))
     if seen is not None:
         seen.update({k: float(v) for k, v in trainer.callback_metrics.items()})
