@@ -184,7 +184,7 @@ def test_the_train_entry_resolves_the_weights_from_stats_json(corpus: Path, llam
     assert entry_main(["train", "--jobspec", str(js), "--validate-only"]) == 0
     table = capsys.readouterr().out
     want = resolve_train_spec(plan.jobspec.train).train_data
-    assert f"ok  data paths" in table and repr(want[1]) in table and repr(want[0]) in table
+    assert "ok  data paths" in table and repr(want[1]) in table and repr(want[0]) in table
     missing = dataclasses.replace(plan.jobspec.train.blend[0], prefix=str(tmp_path / "gone_text_document"))
     bad = dataclasses.replace(plan.jobspec, train=dataclasses.replace(
         plan.jobspec.train, blend=[missing, *plan.jobspec.train.blend[1:]]))
