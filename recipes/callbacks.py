@@ -162,8 +162,10 @@ class StepStats(Callback):
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
-        if len(self.val_sets) > 1 and isinstance(outputs, torch.Tensor):
-            self._steps.setdefault(dataloader_idx, []).append(outputs.detach().float().reshape(()))
+        if len(self.val_sets) > 1:
+            # every rank records every step (a stage without the loss as 0): the pipeline sum needs all ranks
+            loss = outputs.detach().float().reshape(()).cpu() if isinstance(outputs, torch.Tensor) else torch.zeros(())
+            self._steps.setdefault(dataloader_idx, []).append(loss)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if len(self.val_sets) < 2 or not self._steps:
