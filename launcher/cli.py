@@ -31,10 +31,14 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gbs", type=int, help="global batch size in sequences (default 1024)")
     g.add_argument("--mbs", type=int, help="micro batch size per GPU (default: the planner's choice)")
     g.add_argument("--seq-length", type=int, help="sequence length (default 8192)")
-    g.add_argument("--data", action="append", default=[], metavar="GLOB|PREFIX",
+    g.add_argument("--data", action="append", default=[], metavar="[WEIGHT:]GLOB|PREFIX",
                    help="training data: JSONL files/globs (tokenized first) or prepared ..._text_document prefixes; "
-                        "repeatable; relative paths are under the profile's data area")
-    g.add_argument("--valid-data", action="append", default=[], metavar="GLOB|PREFIX", help="validation data")
+                        "repeatable; relative paths are under the profile's data area. A leading number and ':' "
+                        "is a weight (0.9:ja/*.jsonl.gz --data 0.1:en/replay_*.jsonl; write ./1:x for a path "
+                        "starting with NUMBER:); unweighted inputs share the rest in proportion to their tokens")
+    g.add_argument("--valid-data", action="append", default=[], metavar="[NAME=]GLOB|PREFIX",
+                   help="validation data, repeatable; NAME=... (NAME: 1-32 of A-Za-z0-9_-) gives one validation "
+                        "loss per named set (ja=... --valid-data en=...); val_loss is the first set's")
     g.add_argument("--model", help="model name (llama3.1-8b, llama3.2-1b, llama3.1-70b)")
     g.add_argument("--model-dir", help="an existing HF model directory (host path) instead of downloading")
     g.add_argument("--num-layers", type=int, help="train only this many layers (tests and benchmarks)")

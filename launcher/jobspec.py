@@ -54,6 +54,29 @@ class Optim:
 
 
 @dataclass(frozen=True)
+class BlendPart:
+    """One dataset of the training mix. ``weight`` None: proportional to its tokens (Megatron's default), resolved
+    when they are known -- at pre-flight for prepared prefixes, in the job (from ``stats``) for JSONL inputs
+    tokenized after planning (``launcher.mix.resolve_train_spec``)."""
+
+    prefix: str  # Megatron prefix (..._text_document) as the job sees it
+    weight: float | None = None  # as given: a share; None = proportional to tokens
+    tokens: int | None = None  # None: not known yet (written by the tokenize stage)
+    stats: str | None = None  # the tokenize stage's <prefix>.stats.json, where the job reads the tokens
+    source: str = ""  # the item as the user wrote it ("--data 0.9:ja/*.jsonl"), for messages
+    share: float | None = None  # normalised weight (sum 1 over the blend), once resolvable
+    epochs: float | None = None  # passes over this dataset that max_steps x gbs x seq tokens take
+
+
+@dataclass(frozen=True)
+class ValidSet:
+    """One named validation set (``--valid-data ja=...``): one validation loss per set."""
+
+    name: str  # [A-Za-z0-9_-]{1,32}; "valid" for unnamed inputs
+    data: list[str] = field(default_factory=list)  # Megatron prefixes, blended by size when several
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """Everything the train recipe sets explicitly (never the NeMo recipe's pretraining defaults)."""
 
@@ -80,9 +103,14 @@ class TrainSpec:
     gpu_memory_cap_gib: float | None = None  # emulate a smaller GPU (torch.cuda.set_per_process_memory_fraction)
     peft: Literal["none", "lora"] = "none"
     attention: Attention = "te"
-    # data: weighted blend, Megatron style: [w1, prefix1, w2, prefix2, ...] or [prefix]
+    # data: weighted blend, Megatron style: [w1, prefix1, w2, prefix2, ...] or [prefix]. Written by the plan when
+    # every weight is known; [] when the job resolves it from ``blend`` at train start (tokens known only then).
     train_data: list[Any] = field(default_factory=list)
-    valid_data: list[Any] = field(default_factory=list)
+    blend: list[BlendPart] = field(default_factory=list)  # the training mix (source of train_data)
+    valid_data: list[Any] = field(default_factory=list)  # the first validation set's prefixes (NeMo's one blend)
+    # every validation set, in order; the first is valid_data and its loss is also "val_loss". [] = one set,
+    # "valid", of valid_data
+    valid_sets: list[ValidSet] = field(default_factory=list)
     test_data: list[Any] = field(default_factory=list)
     tokenizer_dir: str = ""  # HF tokenizer directory (the downloaded model dir)
     base_checkpoint: str = ""  # converted NeMo checkpoint of the base model (restore_config)
@@ -94,6 +122,11 @@ class TrainSpec:
     tensorboard: bool = True
     wandb_project: str | None = None  # WANDB_API_KEY comes from the environment, never from here
     seed: int = 1234
+
+
+def validation_sets(spec: TrainSpec) -> list[ValidSet]:
+    """The validation sets in order; a spec without ``valid_sets`` has one, "valid", of ``valid_data``."""
+    return list(spec.valid_sets) or [ValidSet("valid", list(spec.valid_data))]
 
 
 @dataclass(frozen=True)
@@ -130,4 +163,6 @@ class JobSpec:
         t = dict(d["train"])
         t["parallelism"] = Parallelism(**t["parallelism"])
         t["optim"] = Optim(**t["optim"])
+        t["blend"] = [BlendPart(**b) for b in t.get("blend", [])]
+        t["valid_sets"] = [ValidSet(**v) for v in t.get("valid_sets", [])]
         return cls(train=TrainSpec(**t), convert=ConvertSpec(**d["convert"]), export=ExportSpec(**d["export"]))

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from launcher import __version__
 from launcher.checkpoints import DEFAULT_KEEP, checkpoint_bytes, keep_that_fits
 from launcher.errors import ConfigError, Problem
-from launcher.jobspec import ConvertSpec, ExportSpec, JobSpec, Optim, Parallelism, TrainSpec
+from launcher import mix
+from launcher.jobspec import BlendPart, ConvertSpec, ExportSpec, JobSpec, Optim, Parallelism, TrainSpec, ValidSet
 from launcher.models import MODELS, ModelSpec
 from launcher.profiles import ClusterProfile
 
@@ -40,8 +41,8 @@ class Overrides:
     gbs: int | None = None
     mbs: int | None = None
     seq_length: int | None = None
-    data: tuple[str, ...] = ()
-    valid_data: tuple[str, ...] = ()
+    data: tuple[str, ...] = ()  # as typed: [WEIGHT:]PATH (launcher.mix)
+    valid_data: tuple[str, ...] = ()  # as typed: [NAME=]PATH
     model: str | None = None
     model_dir: str | None = None
     container_image: str | None = None
@@ -76,6 +77,9 @@ class PlanContext:
     # far from the cluster) and how many finished checkpoints of this run are already there (--resume)
     ckpt_free_bytes: int | None = None
     ckpt_finished: int = 0
+    # tokens of prepared prefixes (host path without .bin/.idx -> tokens, from their .idx), where the caller read
+    # them (``launcher.preflight.prefix_tokens``); a prefix not in it is resolved by pre-flight and the job
+    prefix_tokens: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ class LaunchPlan:
     command: str = ""
     choice: Any = None  # the planner's PlanChoice (memory estimate, candidates)
     resume: Literal["auto", "resume", "fresh"] = "auto"
+    jsonl_inputs: tuple[tuple[str, str], ...] = ()  # (the item as given, JSONL glob as the job sees it)
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -232,12 +237,14 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         if val is not None and val < 1:
             problems.append(Problem("error", flag, f"{flag.lstrip('-')}={val}: must be >= 1"))
     problems += _bound_problems(ov, model_name)
-    data_items = list(ov.data) or list(d.data)
-    valid_items = list(ov.valid_data) or list(d.valid_data)
-    if not data_items:
+    data_items, data_problems = mix.data_items(ov.data, d.data, profile.source)
+    problems += data_problems
+    valid_items, valid_problems = mix.valid_items(ov.valid_data, d.valid_data, profile.source)
+    problems += valid_problems
+    if not data_items and not data_problems:
         problems.append(Problem("error", "--data", f"no training data: give --data (JSONL globs or "
                                                    f"..._text_document prefixes) or defaults.data in {profile.source}"))
-    if not valid_items:
+    if not valid_items and not valid_problems:
         problems.append(Problem("error", "--valid-data",
                                 f"no validation data: give --valid-data (JSONL or a ..._text_document prefix) or "
                                 f"defaults.valid_data in {profile.source}; NeMo's fallback, a 900,50,50 split of the "
@@ -284,22 +291,8 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
     nemo_ckpt_host = posixpath.join(st.models.host, f"{nemo_tail}-nemo")
     nemo_ckpt_job = _to_job_path(nemo_ckpt_host, profile)
 
-    def data_host(item: str) -> str:
-        return item if item.startswith("/") else posixpath.join(st.data.host, item)
-
-    train_prefixes: list[str] = []
-    valid_prefixes: list[str] = []
-    tokenize_jobs: list[tuple[str, str]] = []  # (host input glob, host output prefix)
-    for items, out in ((data_items, train_prefixes), (valid_items, valid_prefixes)):
-        for item in items:
-            host = data_host(item)
-            if is_prefix(host):
-                out.append(_strip_bin_idx(host))
-            else:
-                name = _dataset_name(item)
-                prefix = posixpath.join(st.data.host, "tokenized", name)
-                tokenize_jobs.append((host, prefix))
-                out.append(prefix + "_text_document")
+    data = plan_data(profile, data_items, valid_items, ctx.prefix_tokens)
+    tokenize_jobs = data.tokenize_jobs
 
     ckpt_dir_host = posixpath.join(run_dir, "checkpoints")
     ckpt_size = checkpoint_bytes(model, ov.peft)
@@ -334,9 +327,11 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         grad_reduce_in_fp32=not offload,
         peft=ov.peft,
         attention=attention,
-        train_data=_blend([_to_job_path(p, profile) for p in train_prefixes]),
-        valid_data=_blend([_to_job_path(p, profile) for p in valid_prefixes]),
-        test_data=_blend([_to_job_path(p, profile) for p in valid_prefixes]),
+        train_data=[],  # filled below from the blend where every weight is known
+        blend=data.blend,
+        valid_data=list(data.valid_sets[0].data),
+        valid_sets=list(data.valid_sets),
+        test_data=list(data.valid_sets[0].data),
         tokenizer_dir=model_dir_job,
         base_checkpoint="" if ov.random_init else nemo_ckpt_job,
         random_init=ov.random_init,
@@ -347,6 +342,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         run_name=run,
         wandb_project=ov.wandb_project,
     )
+    train = _resolved_if_known(train)
     jobspec = JobSpec(
         train=train,
         convert=ConvertSpec(model=model_name, num_layers=ov.num_layers, hf_model_dir=model_dir_job,
@@ -376,7 +372,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         return Resources("cpu", 1, 1, 0, cpu_task, cpu_time, cpu_part)
 
     tok_cmds: list[list[str]] = []
-    for glob, prefix in tokenize_jobs:
+    for _where, glob, prefix in tokenize_jobs:
         tok_cmds.append([py, "-m", "launcher.cli", "tokenize", "--input", _to_job_path(glob, profile),
                          "--tokenizer", model_dir_job, "--output", _to_job_path(prefix, profile),
                          "--workers", str(cpu_task)])
@@ -410,7 +406,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
          "none", {"nemo_checkpoint": nemo_ckpt_host},
          "--random-init: no base weights to convert" if ov.random_init else None),
         ("tokenize", ("download",), cpu_res(), tok_cmds, "none",
-         {f"prefix_{i}": p + "_text_document" for i, (_, p) in enumerate(tokenize_jobs)},
+         {f"prefix_{i}": p + "_text_document" for i, (_, _, p) in enumerate(tokenize_jobs)},
          None if tokenize_jobs else "all --data items are prepared Megatron prefixes"),
         ("train", ("convert", "tokenize"), gpu_res, [train_cmd], train_launcher,
          {"checkpoints": ckpt_dir_host, "tensorboard": posixpath.join(run_dir, "train"),
@@ -451,6 +447,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         else (), container_image=image, problems=(), memory=choice.memory_json(),
         explanation=choice.explanation, explain_table=getattr(planner, 'format_explain', lambda c: '')(choice), command=ctx.command,
         choice=choice, resume=ov.resume,
+        jsonl_inputs=tuple((w, _to_job_path(g, profile)) for w, g, _ in tokenize_jobs),
     )
 
 
@@ -479,14 +476,51 @@ def _bound_problems(ov: Overrides, model_name: str) -> list[Problem]:
     return out
 
 
-def _blend(prefixes: list[str]) -> list[Any]:
-    """Megatron's data_prefix: one prefix alone, or equal weights (token-proportional weights need the .idx)."""
-    if len(prefixes) <= 1:
-        return list(prefixes)
-    out: list[Any] = []
-    for p in prefixes:
-        out += [1.0, p]
-    return out
+@dataclass(frozen=True)
+class DataPlan:
+    """Where the data comes from and goes: the training blend and validation sets (job paths), and the tokenize
+    stage's inputs (where, host glob, host output prefix)."""
+
+    blend: list[BlendPart]
+    valid_sets: list[ValidSet]
+    tokenize_jobs: list[tuple[str, str, str]]
+
+
+def plan_data(profile: ClusterProfile, train_items: list[mix.DataItem], valid_items: list[mix.ValidItem],
+              prefix_tokens: dict[str, int]) -> DataPlan:
+    """Items -> prefixes. A JSONL item becomes the tokenize stage's output prefix (one job per distinct glob);
+    ``prefix_tokens`` (host prefix -> tokens, gathered outside planning) fills in the tokens of prepared ones."""
+    st = profile.storage
+    jobs: dict[str, tuple[str, str, str]] = {}  # host prefix -> (where, host glob, host prefix)
+
+    def host_prefix(where: str, item: str) -> tuple[str, bool]:
+        host = item if item.startswith("/") else posixpath.join(st.data.host, item)
+        if is_prefix(host):
+            return _strip_bin_idx(host), False
+        out = posixpath.join(st.data.host, "tokenized", _dataset_name(item))
+        jobs.setdefault(out, (where, host, out))
+        return out + "_text_document", True
+
+    blend = []
+    for it in train_items:
+        host, tokenized = host_prefix(it.where, it.path)
+        job = _to_job_path(host, profile)
+        blend.append(BlendPart(prefix=job, weight=it.weight, source=it.where,
+                               tokens=None if tokenized else prefix_tokens.get(host),
+                               stats=job + ".stats.json" if tokenized else None))
+    sets = [ValidSet(name, [_to_job_path(host_prefix(i.where, i.path)[0], profile) for i in items])
+            for name, items in mix.group_valid(valid_items)]
+    return DataPlan(blend=blend, valid_sets=sets or [ValidSet(mix.DEFAULT_VALID_NAME, [])],
+                    tokenize_jobs=list(jobs.values()))
+
+
+def _resolved_if_known(train: TrainSpec) -> TrainSpec:
+    """The blend's shares, epochs and Megatron list where every token count it needs is known now; otherwise the
+    job resolves them at train start (``launcher.mix.resolve_train_spec``)."""
+    try:
+        return mix.resolve_train_spec(train, read_tokens=lambda prefix: None)  # planning reads no file
+    except mix.MixError:
+        return train
 
 
 def _to_job_path(host_path: str, profile: ClusterProfile) -> str:
@@ -555,6 +589,7 @@ def plan_summary(plan: LaunchPlan, explanation: bool = True) -> str:
                    f"per GPU ({m.get('strategy')}; {'fits' if m.get('fits') else 'DOES NOT FIT'})")
     if plan.explanation and explanation:
         out += ["  " + line for line in plan.explanation.splitlines()]
+    out += _mix_lines(plan)
     out.append(f"  run dir     {plan.run_dir}")
     if plan.container_image:
         out.append(f"  container   {plan.container_image}")
@@ -571,6 +606,23 @@ def plan_summary(plan: LaunchPlan, explanation: bool = True) -> str:
     for pr in plan.problems:
         out.append(f"  {pr}")
     return "\n".join(out) + "\n"
+
+
+def _mix_lines(plan: LaunchPlan) -> list[str]:
+    """The training mix and the validation sets, as far as the plan knows them."""
+    t = plan.jobspec.train
+    out = []
+    for i, p in enumerate(t.blend):
+        share = f"{p.share:.1%}" if p.share is not None else (
+            f"weight {p.weight:g}" if p.weight is not None else "by tokens")
+        known = (f", {p.tokens:,} tokens" if p.tokens is not None else ", tokens after tokenize" if p.stats
+                 else ", tokens at pre-flight")
+        reps = f", {p.epochs:.2f} epochs" if p.epochs is not None else ""
+        out.append(f"  {'data' if i == 0 else '':11s} {share} {p.prefix}{known}{reps}")
+    for i, v in enumerate(t.valid_sets):
+        out.append(f"  {'validation' if i == 0 else '':11s} {v.name}: {', '.join(v.data)}"
+                   + (" (its loss is val_loss)" if i == 0 and len(t.valid_sets) > 1 else ""))
+    return out
 
 
 def plan_json_text(plan: LaunchPlan) -> str:

@@ -40,6 +40,11 @@ class FileSystemView(Protocol):
 
     def listdir(self, path: str) -> list[str]: ...
 
+    def glob(self, pattern: str) -> list[str]:
+        """Files a JSONL input names: the file, a glob's matches (``**`` recursive) or a directory's
+        .jsonl/.jsonl.gz files below it, sorted."""
+        ...
+
     def free_bytes(self, path: str) -> int | None:
         """Free bytes of the filesystem ``path`` is (or would be) on; None where nothing on the way exists."""
         ...
@@ -64,6 +69,16 @@ class RealFileSystem:
 
     def listdir(self, path: str) -> list[str]:
         return sorted(os.listdir(path))
+
+    def glob(self, pattern: str) -> list[str]:
+        import glob
+
+        if os.path.isdir(pattern):
+            return sorted(os.path.join(d, f) for d, _, fs in os.walk(pattern) for f in fs
+                          if f.endswith((".jsonl", ".jsonl.gz")))
+        if any(ch in pattern for ch in "*?["):
+            return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        return [pattern] if os.path.isfile(pattern) else []
 
     def free_bytes(self, path: str) -> int | None:
         from launcher.checkpoints import disk_facts
@@ -171,7 +186,9 @@ class PreflightFacts:
     max_steps: int
     attention: Attention = "te"
     env: Mapping[str, str] = field(default_factory=dict)  # the job's environment (names matter; values only NVTE_*)
-    train_data: Sequence[tuple[float, str]] = ()  # (weight, prefix) of the training blend
+    # (weight, prefix) of the training blend; weight None = proportional to tokens (launcher.mix)
+    train_data: Sequence[tuple[float | None, str]] = ()
+    jsonl_inputs: Sequence[tuple[str, str]] = ()  # (the item as given, JSONL glob as the job sees it)
     valid_data: Sequence[str] = ()
     test_data: Sequence[str] = ()
     data_planned: bool = False  # the tokenize stage writes all prefixes: do not look for them yet
@@ -271,58 +288,127 @@ def _mount_hint(facts: PreflightFacts) -> str:
 
 
 def check_data(facts: PreflightFacts, fs: FileSystemView) -> list[Problem]:
-    """Every prefix is a readable ``.bin/.idx`` pair through the mounts; the training blend holds enough tokens."""
+    """Every JSONL glob matches readable files and every prefix is a readable ``.bin/.idx`` pair, through the
+    mounts; the training blend as a whole and each part hold the run's tokens (epochs)."""
     out: list[Problem] = []
     if not facts.train_data:
         out.append(Problem("error", "--data", "no training data given; fix: --data PREFIX_text_document or JSONL "
                                               "files"))
-    if facts.data_planned:
-        return out
+    for where, pattern in facts.jsonl_inputs:
+        out += check_jsonl_input(facts, fs, where, pattern)
+    tokens: dict[str, int | None] = {}
+    labelled = [("--data", p) for _, p in facts.train_data]
+    labelled += [("valid_data", p) for p in facts.valid_data] + [("test_data", p) for p in facts.test_data]
+    for where, prefix in labelled:
+        probs, n = _check_prefix(facts, fs, where, prefix)
+        out += probs
+        tokens.setdefault(prefix, n)
+    if not any(p.severity == "error" and p.where.startswith("--data") for p in out):
+        out += check_token_budget(facts, [tokens.get(p) for _, p in facts.train_data])
+    return out
+
+
+def check_jsonl_input(facts: PreflightFacts, fs: FileSystemView, where: str, pattern: str) -> list[Problem]:
+    """A JSONL file, glob or directory of the tokenize stage matches at least one readable .jsonl/.jsonl.gz file
+    as the job will see it (the rule of ``launcher.data.tokenize.expand_inputs``), before the download and the
+    queue rather than in the tokenize job."""
+    host = _host_view(pattern, facts)
+    if host is None:
+        return [Problem("error", where, f"{pattern} is not visible inside the container: no mount covers it "
+                                        f"(mounts: {_mount_hint(facts)}); fix: use a path under the data area")]
+    shown = pattern if host == pattern else f"{pattern} (host {host})"
+    files = fs.glob(host)
+    if not files:
+        return [Problem("error", where, f"{shown} matches no file; allowed: a JSONL file, a glob matching "
+                                        ".jsonl/.jsonl.gz files, a directory holding them, or a prepared "
+                                        "..._text_document prefix; fix: correct the path or the pattern")]
+    out = []
+    wrong = [f for f in files if not f.endswith((".jsonl", ".jsonl.gz", ".json"))]
+    if wrong:
+        out.append(Problem("error", where, f"{shown} matches {len(wrong)} file(s) that are not JSONL, e.g. "
+                                           f"{wrong[0]}; allowed: .jsonl, .jsonl.gz (.json is read as JSONL)"))
+    unreadable = [f for f in files if not _readable(fs, f)]
+    if unreadable:
+        out.append(Problem("error", where, f"{shown}: {len(unreadable)} of {len(files)} matching file(s) cannot "
+                                           f"be read, e.g. {unreadable[0]}; fix: permissions (the job reads them "
+                                           "as the submitting user)"))
+    return out
+
+
+def _readable(fs: FileSystemView, path: str) -> bool:
+    try:
+        fs.read(path, 0, 1)
+        return True
+    except OSError:
+        return False
+
+
+def _check_prefix(facts: PreflightFacts, fs: FileSystemView, where: str,
+                  prefix: str) -> tuple[list[Problem], int | None]:
+    """One prefix: visible, a consistent .bin/.idx pair; its tokens (None where the tokenize stage writes it)."""
+    where = f"{where} {prefix}"
+    host = _host_view(prefix, facts)
+    if host is not None and (host in facts.planned_prefixes_host or facts.data_planned):
+        return [], None  # the tokenize stage writes it
+    if host is None:
+        return [Problem("error", where, f"{prefix} is not visible inside the container: no mount covers it "
+                                        f"(mounts: {_mount_hint(facts)}); fix: use a path under one of the "
+                                        "container mount points")], None
+    shown = prefix if host == prefix else f"{prefix} (host {host})"
+    missing = [ext for ext in (".bin", ".idx") if not fs.exists(host + ext)]
+    if missing:
+        return [Problem("error", where,
+                        f"{shown}: missing {' and '.join(host + e for e in missing)}; a Megatron prefix names a "
+                        ".bin/.idx pair without the extension (e.g. .../ja_text_document); fix: run the tokenize "
+                        "stage (pass the JSONL files to --data) or correct the path")], None
+    try:
+        info = read_idx(fs, host + ".idx")
+    except IdxError as e:
+        return [Problem("error", where, f"{e}; fix: re-run the tokenize stage")], None
+    bin_size = fs.size(host + ".bin")
+    if bin_size != info.num_tokens * info.itemsize:
+        return [Problem("error", where,
+                        f"{shown}.bin has {bin_size} bytes but its .idx lists {info.num_tokens} tokens of "
+                        f"{info.itemsize} B = {info.num_tokens * info.itemsize}; the pair is inconsistent "
+                        "(interrupted write?); fix: re-run the tokenize stage")], None
+    return [], info.num_tokens
+
+
+def check_token_budget(facts: PreflightFacts, tokens: Sequence[int | None]) -> list[Problem]:
+    """Epochs of the blend as a whole and of each part: steps x GBS x seq tokens at the resolved shares.
+
+    A part of several is named when it repeats more than ``REPEAT_WARN_EPOCHS`` times (small replay sets repeat
+    on purpose); a lone dataset, and the blend as a whole, when it repeats at all. Parts whose tokens are not
+    known yet (the tokenize stage writes them) are left to the job, which logs its resolved mix."""
+    from launcher.mix import REPEAT_WARN_EPOCHS, MixError, epochs, resolve_weights
+
     needed = facts.max_steps * facts.parallelism.gbs * facts.seq_length
-    total_w = sum(w for w, _ in facts.train_data) or 1.0
-    labelled = [("--data", w / total_w, p) for w, p in facts.train_data]
-    labelled += [("valid_data", 0.0, p) for p in facts.valid_data] + [("test_data", 0.0, p) for p in facts.test_data]
-    for where, share, prefix in labelled:
-        host = _host_view(prefix, facts)
-        if host is not None and host in facts.planned_prefixes_host:
-            continue  # the tokenize stage writes it
-        if host is None:
-            out.append(Problem("error", f"{where} {prefix}", f"{prefix} is not visible inside the container: no mount "
-                                                             f"covers it (mounts: {_mount_hint(facts)}); fix: use a "
-                                                             "path under one of the container mount points"))
-            continue
-        shown = prefix if host == prefix else f"{prefix} (host {host})"
-        missing = [ext for ext in (".bin", ".idx") if not fs.exists(host + ext)]
-        if missing:
-            out.append(Problem("error", f"{where} {prefix}",
-                               f"{shown}: missing {' and '.join(host + e for e in missing)}; a Megatron prefix names "
-                               "a .bin/.idx pair without the extension (e.g. .../ja_text_document); fix: run the "
-                               "tokenize stage (pass the JSONL files to --data) or correct the path"))
-            continue
-        try:
-            info = read_idx(fs, host + ".idx")
-        except IdxError as e:
-            out.append(Problem("error", f"{where} {prefix}", f"{e}; fix: re-run the tokenize stage"))
-            continue
-        bin_size = fs.size(host + ".bin")
-        if bin_size != info.num_tokens * info.itemsize:
-            out.append(Problem("error", f"{where} {prefix}",
-                               f"{shown}.bin has {bin_size} bytes but its .idx lists {info.num_tokens} tokens of "
-                               f"{info.itemsize} B = {info.num_tokens * info.itemsize}; the pair is inconsistent "
-                               "(interrupted write?); fix: re-run the tokenize stage"))
-            continue
-        if share > 0 and needed > 0:
-            want = share * needed
-            if info.num_tokens == 0:
-                out.append(Problem("error", f"{where} {prefix}", f"{shown} holds no tokens"))
-            elif want > info.num_tokens:
-                epochs = want / info.num_tokens
-                out.append(Problem("warning", f"{where} {prefix}",
-                                   f"{shown} holds {info.num_tokens:,} tokens; {facts.max_steps} steps x GBS "
-                                   f"{facts.parallelism.gbs} x seq {facts.seq_length}"
-                                   + (f" x weight {share:.2f}" if share < 1 else "")
-                                   + f" = {want:,.0f} tokens repeat it {epochs:.1f} times (epochs); fix: more data "
-                                   f"or --max-steps {max(1, int(facts.max_steps / epochs))} for one pass"))
+    parts = list(facts.train_data)
+    if needed <= 0 or not parts:
+        return []
+    try:
+        shares = resolve_weights([w for w, _ in parts], tokens, [p for _, p in parts])
+    except MixError as e:
+        if any(t is None for t in tokens):
+            return []  # weights by tokens of data not tokenized yet: resolved in the job
+        return [Problem("error", "--data", f"{e}")]
+    run = f"{facts.max_steps} steps x GBS {facts.parallelism.gbs} x seq {facts.seq_length} = {needed:,} tokens"
+    out: list[Problem] = []
+    for (w, prefix), share, n, reps in zip(parts, shares, tokens, epochs(shares, tokens, needed)):
+        if n == 0:
+            out.append(Problem("error", f"--data {prefix}", f"{prefix} holds no tokens"))
+        elif reps is not None and reps > (REPEAT_WARN_EPOCHS if len(parts) > 1 else 1.0):
+            out.append(Problem("warning", f"--data {prefix}",
+                               f"{prefix} holds {n:,} tokens; {run}"
+                               + (f" x share {share:.2f}" if share < 1 else "")
+                               + f" = {share * needed:,.0f} tokens repeat it {reps:.1f} times (epochs); fix: more "
+                               f"data, a smaller weight or --max-steps {max(1, int(facts.max_steps / reps))} for "
+                               "one pass"))
+    known: list[int] = [n for n in tokens if n is not None]
+    total = sum(known)
+    if len(parts) > 1 and len(known) == len(parts) and 0 < total < needed:
+        out.append(Problem("warning", "--data", f"the blend holds {total:,} tokens in {len(parts)} datasets; "
+                                                f"{run} repeat it {needed / total:.1f} times as a whole"))
     return out
 
 
@@ -546,6 +632,7 @@ def facts_from_plan(plan: Any, env: Mapping[str, str]) -> PreflightFacts:
     the local/docker executors pass it through), so NVTE_* and HF_* are checked on that merge.
     """
     from launcher.checkpoints import checkpoint_bytes
+    from launcher.jobspec import validation_sets
 
     t = plan.jobspec.train
     stages = {s.name: s for s in plan.stages}
@@ -567,8 +654,9 @@ def facts_from_plan(plan: Any, env: Mapping[str, str]) -> PreflightFacts:
         max_steps=t.max_steps,
         attention=t.attention,
         env={**env, **plan.env},
-        train_data=_parse_blend(t.train_data),
-        valid_data=[p for _, p in _parse_blend(t.valid_data)],
+        train_data=[(b.weight, b.prefix) for b in t.blend] if t.blend else _parse_blend(t.train_data),
+        jsonl_inputs=tuple(getattr(plan, "jsonl_inputs", ())),
+        valid_data=[p for v in validation_sets(t) for p in v.data],
         test_data=[p for _, p in _parse_blend(t.test_data)],
         planned_prefixes_host=frozenset(planned),
         mounts=tuple(plan.mounts),
@@ -590,6 +678,24 @@ def facts_from_plan(plan: Any, env: Mapping[str, str]) -> PreflightFacts:
         host_need_gib=float(mem.get("host_gib", 0.0)),
         host_capacity_gib=float(mem.get("host_capacity_gib", getattr(hw, "host_memory_gib", 0.0))),
     )
+
+
+def prefix_tokens(plan: Any, fs: FileSystemView | None = None) -> dict[str, int]:
+    """Tokens of the plan's prepared training prefixes, read from their ``.idx`` (host prefix -> tokens): what
+    ``PlanContext.prefix_tokens`` takes, so that a plan rebuilt with it shows token-proportional shares and
+    epochs. Prefixes that are missing, unreadable or written by the tokenize stage are left out."""
+    fs = fs or RealFileSystem()
+    facts = facts_from_plan(plan, {})
+    out: dict[str, int] = {}
+    for _, prefix in facts.train_data:
+        host = _host_view(prefix, facts)
+        if host is None or host in facts.planned_prefixes_host:
+            continue
+        try:
+            out[host] = read_idx(fs, host + ".idx").num_tokens
+        except (OSError, IdxError):
+            continue
+    return out
 
 
 def check_plan(plan: Any, env: Mapping[str, str], fs: FileSystemView | None = None, *,

@@ -177,15 +177,36 @@ class DockerSettings:
 
 
 @dataclass(frozen=True)
+class DataEntry:
+    """A training input with its weight: ``{path: ja_wiki/train_*.jsonl.gz, weight: 0.9}``."""
+
+    path: str
+    """JSONL file/glob or a Megatron prefix (..._text_document), relative to the data area."""
+    weight: float | None = None
+    """Share of the training tokens (positive); none: proportional to the dataset's tokens."""
+
+
+@dataclass(frozen=True)
+class ValidEntry:
+    """A named validation set: ``{name: ja, path: ja_wiki/validation_0.jsonl.gz}``; one loss per name."""
+
+    name: str
+    """Set name, [A-Za-z0-9_-]{1,32} (shown in the step log, status and the report)."""
+    path: str
+    """JSONL file/glob or a Megatron prefix, relative to the data area."""
+
+
+@dataclass(frozen=True)
 class Defaults:
     """Per-cluster defaults for the run (CLI flags override)."""
 
     nodes: int = 1
     model: str = "llama3.1-8b"
-    data: list[str] = field(default_factory=list)
-    """JSONL globs or Megatron prefixes (..._text_document), relative to the data area."""
-    valid_data: list[str] = field(default_factory=list)
-    """Validation JSONL or prefixes; empty = hold out 1% of the training documents' prefix blend."""
+    data: list[DataEntry | str] = field(default_factory=list)
+    """JSONL globs or Megatron prefixes (..._text_document), relative to the data area; ``WEIGHT:PATH`` or
+    ``{path, weight}`` for a weighted mix (unweighted: proportional to tokens)."""
+    valid_data: list[ValidEntry | str] = field(default_factory=list)
+    """Validation JSONL or prefixes; ``NAME=PATH`` or ``{name, path}`` for one validation loss per named set."""
     attention: Literal["te", "sdpa", "auto"] = "auto"
     """Attention kernel: te (Transformer Engine), sdpa (PyTorch), auto (TE if present)."""
     env: dict[str, str] = field(default_factory=dict)
@@ -372,6 +393,9 @@ class _Converter:
             non_none = [a for a in args if a is not type(None)]
             if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
                 return None
+            # ``Entry | str``: a mapping is the dataclass, anything else the plain form
+            if len(non_none) > 1 and dataclasses.is_dataclass(non_none[0]):
+                return self.value(non_none[0] if isinstance(node, yaml.MappingNode) else non_none[1], node, name)
             return self.value(non_none[0], node, name)
         if dataclasses.is_dataclass(tp):
             v = self.dataclass_(tp, node, name + ".")  # type: ignore[arg-type]
@@ -544,6 +568,10 @@ def _partial_checks(cls: type, v: dict[str, Any]) -> list[tuple[str, str]]:
         for key in ("host_memory_gib", "max_nodes", "cpus_per_node", "peak_bf16_tflops"):
             if key in v and v[key] is not None and v[key] <= 0:
                 out.append((key, f"={v[key]}: must be > 0"))
+    if cls is ValidEntry and "name" in v and not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", v["name"]):
+        out.append(("name", f"={v['name']}: allowed: 1-32 letters, digits, '_' or '-'"))
+    if cls is DataEntry and v.get("weight") is not None and not (0 < v["weight"] < float("inf")):
+        out.append(("weight", f"={v['weight']}: allowed: a positive finite number"))
     if cls is SlurmSettings:
         for key in ("time", "cpu_time"):
             if key in v and not _valid_time(v[key]):

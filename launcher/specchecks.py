@@ -54,8 +54,11 @@ def train_spec_problems(spec: TrainSpec, attention: ResolvedAttention | None = N
         err("peft", f"peft={spec.peft!r}: allowed: none (full-parameter CPT), lora (adapters, a different experiment)")
     if spec.peft == "lora" and spec.optimizer_offload:
         err("optimizer_offload", "peft=lora keeps its tiny optimizer state on the GPU; optimizer_offload must be false")
-    if not spec.train_data:
+    if not spec.train_data and not spec.blend:
         err("train_data", "empty; give the data stage's prefixes, e.g. [\"/data/ja_text_document\"]")
+    names = [v.name for v in spec.valid_sets]
+    if len(set(names)) != len(names):
+        err("valid_sets", f"names {names}: each validation set needs its own name")
     if not spec.valid_data:
         err("valid_data", "empty; give explicit validation prefixes (never the 900,50,50 split of the training data)")
     if len(spec.valid_data) > 1 and isinstance(spec.valid_data[0], (int, float)):

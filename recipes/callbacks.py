@@ -82,12 +82,23 @@ def complete_current_batch(checkpoint: dict[str, Any]) -> None:
         state["_batches_that_stepped"] += behind
 
 
+def _sync_cuda() -> None:
+    if torch.cuda.is_available():  # the CPU replays in the tests have no CUDA to wait for
+        torch.cuda.synchronize()
+
+
 class StepStats(Callback):
-    def __init__(self, tokens_per_step: int, flops_per_token: float, world_size: int, log_path: str | None = None):
+    """The step log. ``val_sets``: the validation sets' names in dataloader order (recipes.data); each validation
+    writes one ``{"kind": "val", "step", "set", "val_loss"}`` line per set, and with several sets ``val_loss``
+    (the name the checkpoint monitor and the progress bar read) is made the first set's loss."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, world_size: int, log_path: str | None = None,
+                 val_sets: list[str] | None = None):
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
         self.world_size = world_size
         self.log_path = log_path
+        self.val_sets = list(val_sets or ["valid"])
         self.rank = int(os.environ.get("RANK", "0"))
         self.attempt = previous_attempts(log_path) + 1
         self._t0: float | None = None
@@ -103,11 +114,11 @@ class StepStats(Callback):
                 f.write(json.dumps(rec) + "\n")
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        torch.cuda.synchronize()
+        _sync_cuda()
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        torch.cuda.synchronize()
+        _sync_cuda()
         if self._t0 is None:
             return
         dt = time.perf_counter() - self._t0
@@ -132,19 +143,67 @@ class StepStats(Callback):
             "tokens_per_s_per_gpu": round(tps_gpu, 1),
             "tflops_per_gpu_causal": round(tflops, 1),
             "mfu_causal_vs_989": round(tflops / H100_H200_DENSE_BF16_TFLOPS, 4),
-            "max_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-            "max_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+            "max_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+            "max_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available()
+            else None,
             "host_rss_gib": rss,
             "host_used_gib": used,
             "rank": self.rank,
         })
 
+    # Several validation sets: the loss of each step is taken from the step's own output and filed under the
+    # dataloader of the batches it consumed (``dataloader_idx`` of on_validation_batch_end, read after the step).
+    # Lightning's own per-dataloader metrics (``val_loss/dataloader_idx_<i>``) are not used: with the data iterator
+    # NeMo hands the step, Lightning files a step under the dataloader of the batch fetched *before* it, so the
+    # first step of set i+1 counts as set i's (the CPU replay in tests/test_valid_sets.py shows it).
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._steps: dict[int, list[torch.Tensor]] = {}
+        self._means: dict[int, float] = {}
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if len(self.val_sets) > 1:
+            # every rank records every step (a stage without the loss as 0): the pipeline sum needs all ranks
+            loss = outputs.detach().float().reshape(()).cpu() if isinstance(outputs, torch.Tensor) else torch.zeros(())
+            self._steps.setdefault(dataloader_idx, []).append(loss)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if len(self.val_sets) < 2 or not self._steps:
+            return
+        means = torch.stack([torch.stack(self._steps[i]).mean() if i in self._steps else torch.tensor(float("nan"))
+                             for i in range(len(self.val_sets))])
+        means = _sum_over_pipeline(means)
+        self._means = {i: float(v) for i, v in enumerate(means) if i in self._steps}
+        for i, name in enumerate(self.val_sets):
+            if i in self._means:
+                pl_module.log(f"val_loss_{name}", self._means[i], on_epoch=True, batch_size=1)
+        if 0 in self._means:  # val_loss (checkpoint monitor, progress bar) is the first set's loss
+            pl_module.log("val_loss", self._means[0], on_epoch=True, batch_size=1)
+
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
-        v = trainer.callback_metrics.get("val_loss")
-        self._write({"kind": "val", "step": int(trainer.global_step),
-                     "val_loss": float(v) if v is not None else None})
+        if len(self.val_sets) > 1:
+            values: list[Any] = [self._means.get(i) for i in range(len(self.val_sets))]
+        else:
+            values = [trainer.callback_metrics.get("val_loss")]
+        for name, v in zip(self.val_sets, values):
+            self._write({"kind": "val", "step": int(trainer.global_step), "set": name,
+                         "val_loss": float(v) if v is not None else None})
+
+
+def _sum_over_pipeline(t: torch.Tensor) -> torch.Tensor:
+    """NeMo's validation loss is on the last pipeline stage and 0 on the others (MegatronStrategy.validation_step
+    multiplies by pp after a mean over the stages): a sum over the pipeline group gives every rank the loss."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return t
+    from megatron.core import parallel_state
+
+    if parallel_state.get_pipeline_model_parallel_world_size() <= 1:
+        return t
+    t = t.to(torch.cuda.current_device()) if torch.cuda.is_available() else t
+    torch.distributed.all_reduce(t, group=parallel_state.get_pipeline_model_parallel_group())
+    return t.cpu()
 
 
 def _lr(trainer: Any) -> float | None:
@@ -156,7 +215,7 @@ def _lr(trainer: Any) -> float | None:
 
 def _consumed_samples(trainer: Any) -> int | None:
     """Samples consumed so far, as NeMo names checkpoints by it (its data sampler counts from the resumed step)."""
-    sampler = getattr(getattr(trainer, "datamodule", None), "data_sampler", None)
+    sampler: Any = getattr(getattr(trainer, "datamodule", None), "data_sampler", None)
     try:
         return int(sampler.compute_consumed_samples(trainer.global_step - sampler.init_global_step))
     except (AttributeError, TypeError, ValueError):

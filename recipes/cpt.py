@@ -20,7 +20,7 @@ import nemo_run as run
 import torch
 
 from launcher.errors import ConfigError, Problem
-from launcher.jobspec import ConvertSpec, ExportSpec, TrainSpec
+from launcher.jobspec import ConvertSpec, ExportSpec, TrainSpec, validation_sets
 from launcher.models import get_model
 from launcher.specchecks import ResolvedAttention, train_spec_problems  # noqa: F401 (re-exported)
 from recipes.sdpa import sdpa_forward_step, sdpa_layer_spec, te_available
@@ -39,12 +39,36 @@ def resolve_attention(spec: TrainSpec) -> ResolvedAttention:
 
 
 def _data_paths(spec: TrainSpec) -> dict[str, list[Any]]:
-    """Explicit per-split blends: train may be weighted, validation/test are prefixes. Test defaults to validation."""
+    """Explicit per-split blends: train may be weighted, validation (the first validation set) and test are
+    prefixes. Test defaults to validation. ``train_data`` must be resolved (``launcher.mix.resolve_train_spec``)."""
+    first = validation_sets(spec)[0].data
+    if not spec.train_data and spec.blend:
+        raise ConfigError([Problem("error", "jobspec train.train_data",
+                                   "empty: the blend's weights are by tokens and not resolved yet; resolve them "
+                                   "with launcher.mix.resolve_train_spec (recipes.entry does, at train start)")])
     return {
         "train": list(spec.train_data),
-        "validation": list(spec.valid_data),
-        "test": list(spec.test_data or spec.valid_data),
+        "validation": list(first),
+        "test": list(spec.test_data or first),
     }
+
+
+def _validation_sets(spec: TrainSpec) -> list[list[Any]]:
+    """``[[name, [prefix, ...]], ...]``: what recipes.data.NamedValidationDataModule takes."""
+    return [[v.name, list(v.data)] for v in validation_sets(spec)]
+
+
+def hooks_without_dataloader_idx(cls: type) -> list[str]:
+    """Validation batch hooks of a callback class that would fail with several validation dataloaders: Lightning
+    then passes ``dataloader_idx`` positionally (e.g. NeMo's GarbageCollectionCallback does not take it)."""
+    import inspect
+
+    bad = []
+    for hook in ("on_validation_batch_start", "on_validation_batch_end"):
+        fn = getattr(cls, hook, None)
+        if fn is not None and "dataloader_idx" not in inspect.signature(fn).parameters:
+            bad.append(f"{cls.__name__}.{hook}")
+    return bad
 
 
 def _sdpa_model_config(mc: Any) -> None:
@@ -76,7 +100,6 @@ def train_recipe(spec: TrainSpec, attention: ResolvedAttention | None = None) ->
     from megatron.core.optimizer import OptimizerConfig
     from nemo import lightning as nl
     from nemo.collections.common.tokenizers.huggingface.auto_tokenizer import AutoTokenizer
-    from nemo.collections.llm.gpt.data.pre_training import PreTrainingDataModule
     from nemo.lightning.pytorch.optim import CosineAnnealingScheduler, MegatronOptimizerModule
     from nemo.lightning.pytorch.plugins.mixed_precision import MegatronMixedPrecision
     from nemo.lightning.pytorch.strategies.utils import RestoreConfig
@@ -149,9 +172,12 @@ def train_recipe(spec: TrainSpec, attention: ResolvedAttention | None = None) ->
     )
 
     # --- data ----------------------------------------------------------------------------------------------------
+    from recipes.data import NamedValidationDataModule
+
     recipe.data = run.Config(
-        PreTrainingDataModule,
+        NamedValidationDataModule,  # NeMo's PreTrainingDataModule, one validation dataloader per named set
         paths=_data_paths(spec),
+        validation_sets=_validation_sets(spec),
         seq_length=spec.seq_length,
         micro_batch_size=p.mbs,
         global_batch_size=p.gbs,
@@ -253,7 +279,7 @@ def train_recipe(spec: TrainSpec, attention: ResolvedAttention | None = None) ->
     tr.callbacks = [
         *(tr.callbacks or []),
         run.Config(StepStats, tokens_per_step=tokens_per_step, flops_per_token=flops_per_token,
-                   world_size=p.world_size,
+                   world_size=p.world_size, val_sets=[v.name for v in validation_sets(spec)],
                    log_path=spec.step_log or os.path.join(spec.log_dir, "step_stats.jsonl")),
     ]
     if spec.peft == "lora":
@@ -373,6 +399,13 @@ def train_recipe_checks(recipe: run.Partial, spec: TrainSpec, attention: Resolve
         Check("seq (model)", mc.seq_length, spec.seq_length),
         Check("num_layers", mc.num_layers, spec.num_layers or get_model(spec.model).num_layers),
         Check("data paths", d.paths, _data_paths(spec)),
+        Check("validation sets (one loss each)", d.validation_sets, _validation_sets(spec)),
+        Check("step log set names", next((c.val_sets for c in recipe.trainer.callbacks
+                                          if getattr(getattr(c, "__fn_or_cls__", None), "__name__", "") == "StepStats"), None),
+              [v.name for v in validation_sets(spec)]),
+        Check("callbacks take dataloader_idx (several validation sets)",
+              [h for c in recipe.trainer.callbacks for h in hooks_without_dataloader_idx(c.__fn_or_cls__)]
+              if len(validation_sets(spec)) > 1 else [], []),
         Check("data split (unused with per-split paths)", d.split, None),
         Check("tokenizer class", getattr(getattr(tok, "__fn_or_cls__", None), "__name__", None), "AutoTokenizer"),
         Check("tokenizer dir", tok.pretrained_model_name, spec.tokenizer_dir),

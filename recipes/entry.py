@@ -195,8 +195,19 @@ def _run_train(spec: JobSpec, validate_only: bool) -> int:
         err = _shim_missing_resiliency_ext()
         if err:
             log(f"compat: nvidia_resiliency_ext local checkpoint callback does not import ({err}); using a stand-in")
+    from launcher.mix import mix_summary, resolve_train_spec
     from recipes.cpt import resolve_attention, train_recipe, train_recipe_checks
 
+    # weights by tokens of JSONL inputs: known only now that the tokenize stage has written its stats.json
+    try:
+        t = resolve_train_spec(t)
+    except (OSError, ValueError, KeyError) as e:  # no stats.json / .idx where the tokenize stage should have written
+        print(f"error: jobspec train.blend: cannot resolve the weights by tokens: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return EXIT_JOB_FAILED
+    for line in mix_summary(t):
+        log(f"data mix: {line}")
+    log(f"training blend (Megatron data_prefix): {t.train_data}")
     attention = resolve_attention(t)
     log(f"attention: {attention} (spec: {t.attention})")
     recipe = train_recipe(t, attention)

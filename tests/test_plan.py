@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -85,9 +86,18 @@ def test_jsonl_data_is_tokenized_and_prefixes_skip_the_stage() -> None:
     assert "tokenize" not in [s.name for s in p2.active_stages]
 
 
-def test_weighted_blend_of_several_prefixes() -> None:
-    p = plan(data=("/lustre/cpt/data/a_text_document", "/lustre/cpt/data/b_text_document"))
-    assert p.jobspec.train.train_data == [1.0, "/data/a_text_document", 1.0, "/data/b_text_document"]
+def test_unweighted_prefixes_blend_by_their_tokens_once_known() -> None:
+    """Not 50/50 whatever their sizes: without token counts the plan leaves the weights to pre-flight and the
+    job; with them (from the .idx, gathered outside planning) the shares are proportional to tokens."""
+    data = ("/lustre/cpt/data/a_text_document", "/lustre/cpt/data/b_text_document")
+    p = plan(data=data)
+    t = p.jobspec.train
+    assert t.train_data == [] and [b.weight for b in t.blend] == [None, None]
+    assert [b.prefix for b in t.blend] == ["/data/a_text_document", "/data/b_text_document"]
+    ctx = dataclasses.replace(CTX, prefix_tokens={data[0]: 3_000, data[1]: 1_000})
+    t = build_plan(load_profile("dgx-h100"), Overrides(data=data), ctx).jobspec.train
+    assert t.train_data == [0.75, "/data/a_text_document", 0.25, "/data/b_text_document"]
+    assert [b.tokens for b in t.blend] == [3_000, 1_000]
 
 
 def test_container_paths_and_mounts() -> None:

@@ -84,7 +84,9 @@ def test_built_recipe_equals_spec(name: str) -> None:
 
 def test_recipe_defaults_are_not_the_pretraining_ones() -> None:
     r = cpt.train_recipe(SPECS["single-node"], "sdpa")
-    assert r.data.__fn_or_cls__.__name__ == "PreTrainingDataModule"  # not MockDataModule
+    from nemo.collections.llm.gpt.data.pre_training import PreTrainingDataModule
+
+    assert issubclass(r.data.__fn_or_cls__, PreTrainingDataModule)  # not MockDataModule
     assert r.trainer.strategy.context_parallel_size == 1  # the recipe's default is 2
     assert r.data.global_batch_size == 128  # not 512
     assert r.optim.config.lr == 2.5e-5  # not 3e-4
