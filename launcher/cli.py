@@ -20,7 +20,7 @@ from typing import Any, Literal, Sequence
 from launcher import __version__
 from launcher.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SUBMIT, EXIT_USAGE, ConfigError, Problem
 
-SUBCOMMANDS = ("plan", "submit", "check", "status", "logs", "cancel", "tokenize")
+SUBCOMMANDS = ("plan", "submit", "check", "status", "logs", "cancel", "tokenize", "evaluate")
 CODE_DIR = str(Path(__file__).resolve().parent.parent)
 
 
@@ -72,7 +72,7 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--explain", action="store_true", help="show the planner's candidates and why it chose")
 
 
-def build_parser(tokenize_args: bool = False) -> argparse.ArgumentParser:
+def build_parser(tokenize_args: bool = False, evaluate_args: bool = False) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="cpt-launch",
         description="Continual pretraining of Llama-3.1-8B on Japanese text with NeMo 2: plan, check and submit "
@@ -120,6 +120,11 @@ def build_parser(tokenize_args: bool = False) -> argparse.ArgumentParser:
             raise ConfigError([Problem("error", "tokenize", f"needs the data extra ({e}); fix: pip install -e "
                                                             "'.[data]' (numpy, tokenizers) in this environment")])
         data_cli.add_arguments(tp)
+    ep = sub.add_parser("evaluate", help="perplexity, Japanese replies, harness tasks: CPT model beside base model")
+    if evaluate_args:  # its options live with the stage (launcher/evaluate/cli.py; torch loads only when it runs)
+        from launcher.evaluate import cli as eval_cli
+
+        eval_cli.add_arguments(ep)
     return ap
 
 
@@ -135,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] not in SUBCOMMANDS and args_list[0] not in ("-h", "--help", "--version"):
         args_list.insert(0, "submit")  # `cpt-launch --cluster X` means submit
     try:
-        ap = build_parser(tokenize_args=bool(args_list) and args_list[0] == "tokenize")
+        ap = build_parser(tokenize_args=bool(args_list) and args_list[0] == "tokenize",
+                          evaluate_args=bool(args_list) and args_list[0] == "evaluate")
     except ConfigError as e:
         for p in e.problems:
             print(f"cpt-launch: {p}", file=sys.stderr)
@@ -149,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from launcher.data import cli as data_cli
 
             return int(data_cli.run(args))
+        if args.cmd == "evaluate":
+            from launcher.evaluate import cli as eval_cli
+
+            return int(eval_cli.run(args))
         if args.cmd in ("status", "logs", "cancel"):
             return _run_cmd(args)
         return _plan_cmd(args, original)
