@@ -2,13 +2,13 @@
 
 A reply is **mainly Japanese** when it holds more kana + kanji characters than Latin letters (strictly more, so an
 empty reply, one of digits and punctuation only, and a tie are all *not* Japanese). Characters are counted, not
-words: a Japanese sentence with one long English name can count as Latin (``これはPythonです`` is 4 vs 6): the
+words: a Japanese sentence with one long English name can count as Latin (``これはPythonです`` is 5 vs 6): the
 measure is deliberately simple and the same for both models, and the replies are kept so a reader can check.
 
 Counted as Japanese: hiragana U+3040-309F, katakana U+30A0-30FF and U+31F0-31FF, half-width katakana U+FF66-FF9F,
 kanji (CJK unified ideographs U+4E00-9FFF, extension A U+3400-4DBF, compatibility U+F900-FAFF, extension B and
 later U+20000-2FFFF) and the marks 々 〆 ヶ (U+3005, U+3006, U+30F6). Not counted either way: Japanese punctuation
-(、。「」), digits, spaces, symbols.
+(、。「」・゠), digits, spaces, symbols.
 Counted as Latin: A-Z a-z, full-width Ａ-Ｚ ａ-ｚ, and the accented letters of Latin-1 and Latin Extended-A/B
 (U+00C0-024F, without × and ÷).
 """
@@ -21,6 +21,7 @@ _JAPANESE_RANGES = ((0x3040, 0x309F), (0x30A0, 0x30FF), (0x31F0, 0x31FF), (0xFF6
                     (0x3400, 0x4DBF), (0xF900, 0xFAFF), (0x20000, 0x2FFFF), (0x3005, 0x3006))
 _LATIN_RANGES = ((0x41, 0x5A), (0x61, 0x7A), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A), (0xC0, 0x24F))
 _NOT_LATIN = {0xD7, 0xF7}  # × ÷ sit inside Latin-1's letter block
+_NOT_JAPANESE = {0x30A0, 0x30FB}  # ゠ ・ are punctuation inside the katakana block
 
 
 def _in(o: int, ranges: tuple[tuple[int, int], ...]) -> bool:
@@ -29,7 +30,8 @@ def _in(o: int, ranges: tuple[tuple[int, int], ...]) -> bool:
 
 def is_japanese_char(ch: str) -> bool:
     """Kana or kanji (see the module docstring for the exact ranges)."""
-    return _in(ord(ch), _JAPANESE_RANGES)
+    o = ord(ch)
+    return _in(o, _JAPANESE_RANGES) and o not in _NOT_JAPANESE
 
 
 def is_latin_letter(ch: str) -> bool:
