@@ -57,6 +57,11 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-every", type=int, dest="val_every_n_steps",
                    help="validate every N steps (default 15, and at the end of a shorter run)")
     g.add_argument("--attention", choices=("te", "sdpa", "auto"), help="attention kernel (default: the profile's)")
+    g.add_argument("--evaluate", choices=("on", "off"), default="on",
+                   help="the evaluate stage after export (default on): perplexity on the validation data and "
+                        "Japanese replies, the CPT model beside the base model, on one GPU")
+    g.add_argument("--lm-eval", metavar="TASKS", help="lm-evaluation-harness tasks for the evaluate stage, "
+                   "comma-separated; their datasets must be in the HF cache (checked before submission)")
     k = p.add_argument_group("parallelism and memory (pin a knob; the planner chooses the rest)")
     k.add_argument("--tp", type=int, help="tensor parallel size")
     k.add_argument("--pp", type=int, help="pipeline parallel size")
@@ -185,6 +190,8 @@ def _overrides(args: argparse.Namespace) -> Any:
         ckpt_keep=args.ckpt_keep, ckpt_async=args.ckpt_async == "on", val_every_n_steps=args.val_every_n_steps,
         resume=resume,
         random_init=args.random_init,
+        evaluate=args.evaluate == "on",
+        lm_eval=tuple(t.strip() for t in (args.lm_eval or "").split(",") if t.strip()),
     )
 
 
@@ -294,6 +301,9 @@ def _preflight(plan: Any, args: argparse.Namespace) -> list[Problem]:
     if not dry:
         problems += preflight.check_job_python(plan, dict(os.environ))
         problems += preflight.check_local_gpus(plan, dict(os.environ))
+        from launcher.evaluate.preflight import check_lm_eval_datasets
+
+        problems += check_lm_eval_datasets(plan, dict(os.environ))
         if not getattr(args, "emit_sbatch", None):  # --emit-sbatch may write the scripts far from the cluster
             problems += preflight.check_slurm_request(plan, dict(os.environ))
     return [p for p in problems if p.severity == "error"] + [p for p in problems if p.severity != "error"]

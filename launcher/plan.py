@@ -23,9 +23,9 @@ from launcher.jobspec import ConvertSpec, ExportSpec, JobSpec, Optim, Parallelis
 from launcher.models import MODELS, ModelSpec
 from launcher.profiles import ClusterProfile
 
-StageName = Literal["download", "convert", "tokenize", "train", "export"]
+StageName = Literal["download", "convert", "tokenize", "train", "export", "evaluate"]
 LauncherKind = Literal["none", "srun", "torchrun"]
-STAGE_ORDER: tuple[StageName, ...] = ("download", "convert", "tokenize", "train", "export")
+STAGE_ORDER: tuple[StageName, ...] = ("download", "convert", "tokenize", "train", "export", "evaluate")
 CODE_MOUNT = "/opt/cpt-launch"  # where the launcher's own source is mounted in the container
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -60,6 +60,8 @@ class Overrides:
     val_every_n_steps: int | None = None
     resume: Literal["auto", "resume", "fresh"] = "auto"
     random_init: bool = False  # benchmarks: random weights, no download/convert; the tokenizer from model_dir
+    evaluate: bool = True  # the evaluate stage after export (--evaluate on|off)
+    lm_eval: tuple[str, ...] = ()  # lm-evaluation-harness tasks the evaluate stage runs (--lm-eval)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class LaunchPlan:
     command: str = ""
     choice: Any = None  # the planner's PlanChoice (memory estimate, candidates)
     resume: Literal["auto", "resume", "fresh"] = "auto"
+    lm_eval_tasks: tuple[str, ...] = ()  # the evaluate stage's --lm-eval tasks (the pre-flight checks their data)
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -190,6 +193,15 @@ def _dataset_name(glob: str) -> str:
     stem = re.sub(r"\.jsonl(\.gz)?$", "", stem)
     stem = re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_") or "all"
     return f"{parent}_{stem}" if parent != "data" else stem
+
+
+def split_valid_name(item: str, index: int) -> tuple[str, str]:
+    """``ja=val/ja_*.jsonl`` -> ("ja", "val/ja_*.jsonl"); without a name the evaluate stage calls the items "valid",
+    "valid2", ... (kept apart so that the --valid-data NAME=GLOB naming can replace it in one place)."""
+    name, sep, rest = item.partition("=")
+    if sep and re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name) and rest:
+        return name, rest
+    return ("valid" if index == 0 else f"valid{index + 1}"), item
 
 
 def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> LaunchPlan:
@@ -291,6 +303,12 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
                 prefix = posixpath.join(st.data.host, "tokenized", name)
                 tokenize_jobs.append((host, prefix))
                 out.append(prefix + "_text_document")
+
+    eval_items: list[tuple[str, str]] = []  # (name, host path): JSONL as given, prepared prefixes as prefixes
+    for i, item in enumerate(valid_items):
+        name, path = split_valid_name(item, i)
+        host = data_host(path)
+        eval_items.append((name, _strip_bin_idx(host) if is_prefix(host) else host))
 
     ckpt_dir_host = posixpath.join(run_dir, "checkpoints")
     ckpt_size = checkpoint_bytes(model, ov.peft)
@@ -409,12 +427,16 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
          [[py, "-m", "recipes.entry", "export", "--jobspec", jobspec_job]],
          "none", {"hf_model": export_host}, None),
     ]
+    specs.append(_evaluate_spec(profile, ov, py, cpu, export_host, model_dir_job, job_run_dir, run_dir,
+                                [(n, _to_job_path(h, profile)) for n, h in eval_items]))
     skipped = {name for name, *_rest, skip in specs if skip}
     stages: list[Stage] = []
     for name, deps, res, cmds, launcher, outputs, skip in specs:
         deps = tuple(x for x in deps if x not in skipped)
         script_path = posixpath.join(run_dir, "scripts", f"{name}.sh")
         stage_env = dict(env)
+        if name == "evaluate":  # no network at job time: the HF libraries read only the cache
+            stage_env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
         if res.kind == "cpu":
             stage_env["CUDA_VISIBLE_DEVICES"] = ""
         else:
@@ -435,8 +457,36 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         secrets=tuple(d.secrets), mounts=tuple(profile.mounts()) + ((ctx.code_dir, CODE_MOUNT),) if in_container
         else (), container_image=image, problems=(), memory=choice.memory_json(),
         explanation=choice.explanation, explain_table=getattr(planner, 'format_explain', lambda c: '')(choice), command=ctx.command,
-        choice=choice, resume=ov.resume,
+        choice=choice, resume=ov.resume, lm_eval_tasks=ov.lm_eval if ov.evaluate else (),
     )
+
+
+def _evaluate_spec(profile: ClusterProfile, ov: Overrides, py: str, cpu: int, export_host: str, model_dir_job: str,
+                   job_run_dir: str, run_dir: str, items: list[tuple[str, str]]
+                   ) -> tuple[StageName, tuple[str, ...], Resources, list[list[str]], LauncherKind, dict[str, str],
+                              str | None]:
+    """The evaluate stage: the exported model beside the base model it started from, on one GPU.
+
+    --random-init has no base model (its --model-dir may hold only a tokenizer, and the run did not start from its
+    weights): the stage measures the CPT model alone."""
+    hw = profile.hardware
+    sl = profile.slurm
+    if profile.executor == "slurm":  # one GPU of one node: an evaluation must not hold a whole training node
+        res = Resources("gpu", 1, 1, 1, max(1, cpu // hw.gpus_per_node), sl.time if sl else None,
+                        sl.partition if sl else None)
+    else:
+        res = Resources("gpu", 1, 1, 1, cpu) if hw.gpus_per_node > 0 else Resources("cpu", 1, 1, 0, cpu)
+    out = posixpath.join(run_dir, "eval", "evaluate.json")
+    cmd = [py, "-m", "launcher.cli", "evaluate", "--model-dir", _to_job_path(export_host, profile)]
+    if not ov.random_init:
+        cmd += ["--base-model-dir", model_dir_job]
+    for name, path in items:
+        cmd += ["--data", f"{name}={path}"]
+    if ov.lm_eval:
+        cmd += ["--lm-eval", ",".join(ov.lm_eval)]
+    cmd += ["--output", posixpath.join(job_run_dir, "eval", "evaluate.json")]
+    return ("evaluate", ("export",), res, [cmd], "none", {"evaluation": out},
+            None if ov.evaluate else "--evaluate off")
 
 
 def _blend(prefixes: list[str]) -> list[Any]:

@@ -324,3 +324,92 @@ def test_lm_eval_runs_a_local_task_in_process(models: dict[str, Path], tmp_path:
     r = _cli(*common, "--lm-eval", "tiny_ja_mc,ja_leaderboard_marc_ja", env=env)
     assert r.returncode == 2 and "--lm-eval ja_leaderboard_marc_ja: dataset" in r.stderr
     assert "tiny_ja_mc" not in r.stderr.split("fill the HF cache")[0].replace("--lm-eval-include", "")
+
+
+# ---- the stage in the pipeline --------------------------------------------------------------------------------
+
+
+def _plan(cluster: str = "dgx-h100", **ov: Any) -> Any:
+    from launcher.plan import Overrides, PlanContext, build_plan
+    from launcher.profiles import load_profile
+
+    ctx = PlanContext(code_dir="/src/cpt-launch", command="cpt-launch", run_name="r1")
+    return build_plan(load_profile(cluster), Overrides(**ov), ctx)
+
+
+def test_the_evaluate_stage_follows_export_on_one_gpu_with_the_validation_data() -> None:
+    p = _plan(valid_data=("ja_wiki/validation_0.jsonl.gz", "/lustre/cpt/data/tok/en_val_text_document.bin"),
+              lm_eval=("japanese_leaderboard",))
+    s = p.stage("evaluate")
+    assert s.depends_on == ("export",) and s.skip_reason is None
+    assert (s.resources.kind, s.resources.nodes, s.resources.gpus_per_node, s.resources.ntasks_per_node) == (
+        "gpu", 1, 1, 1)
+    assert list(s.command[:4]) == ["python3", "-m", "launcher.cli", "evaluate"]
+    argv = list(s.command)
+    assert argv[argv.index("--model-dir") + 1] == "/results/r1/export/Llama-3.1-8B-cpt"  # export's output
+    assert argv[argv.index("--base-model-dir") + 1] == "/models/Llama-3.1-8B"  # what the run started from
+    # JSONL as given (each model tokenizes it), a prepared prefix as a prefix; as the job sees them
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--data"] == [
+        "valid=/data/ja_wiki/validation_0.jsonl.gz", "valid2=/data/tok/en_val_text_document"]
+    assert argv[argv.index("--lm-eval") + 1] == "japanese_leaderboard"
+    assert argv[argv.index("--output") + 1] == "/results/r1/eval/evaluate.json"
+    assert s.outputs == {"evaluation": "/lustre/cpt/runs/r1/eval/evaluate.json"}
+    assert "export HF_HUB_OFFLINE=1" in s.script and "export HF_DATASETS_OFFLINE=1" in s.script
+    assert p.lm_eval_tasks == ("japanese_leaderboard",)
+
+
+def test_named_validation_items_keep_their_names() -> None:
+    from launcher.plan import split_valid_name
+
+    assert split_valid_name("ja=/d/ja.jsonl", 0) == ("ja", "/d/ja.jsonl")
+    assert split_valid_name("/d/ja.jsonl", 0) == ("valid", "/d/ja.jsonl")
+    assert split_valid_name("/d/a=b.jsonl", 2) == ("valid3", "/d/a=b.jsonl")  # a '/' is no name
+
+
+def test_evaluate_off_skips_it_and_local_profiles_use_their_gpu() -> None:
+    off = _plan(evaluate=False)
+    assert off.stage("evaluate").skip_reason == "--evaluate off" and "evaluate" not in [
+        s.name for s in off.active_stages]
+    w = _plan("workstation-48gb").stage("evaluate")
+    assert (w.resources.kind, w.resources.gpus_per_node) == ("gpu", 1)
+    assert "CUDA_VISIBLE_DEVICES" not in w.script
+
+
+def test_the_evaluate_sbatch_holds_one_gpu_not_the_node() -> None:
+    from launcher.sbatch import render_sbatch
+
+    p = _plan(nodes=2)
+    text = render_sbatch(p, p.stage("evaluate"))
+    assert "#SBATCH --gres=gpu:1" in text and "#SBATCH --nodes=1" in text and "#SBATCH --no-requeue" in text
+    assert "--exclusive" not in text and "--mem" not in text
+    train = render_sbatch(p, p.stage("train"))
+    assert "#SBATCH --exclusive" in train and "#SBATCH --mem=0" in train and "#SBATCH --gres=gpu:8" in train
+
+
+def test_the_cli_flags_reach_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    from launcher.cli import main
+
+    assert main(["plan", "--cluster", "dgx-h100", "--json", "--evaluate", "off"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert [s["skipped"] for s in d["stages"] if s["name"] == "evaluate"] == ["--evaluate off"]
+    assert main(["plan", "--cluster", "dgx-h100", "--json", "--lm-eval", "a, b"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    cmd = next(s["command"] for s in d["stages"] if s["name"] == "evaluate")
+    assert cmd[cmd.index("--lm-eval") + 1] == "a,b"
+
+
+def test_check_refuses_lm_eval_tasks_whose_datasets_are_not_cached(tmp_path: Path) -> None:
+    """`cpt-launch check` with --lm-eval: the pre-flight looks into the profile's hf_cache (empty here) and names
+    the task, before anything is queued."""
+    pytest.importorskip("lm_eval")
+    import yaml
+
+    d = yaml.safe_load((REPO / "clusters" / "test-slurm.yaml").read_text())
+    d["storage"] = {k: {"host": str(tmp_path / k)} for k in ("runs", "models", "data", "hf_cache")}
+    prof = tmp_path / "p.yaml"
+    prof.write_text(yaml.safe_dump(d))
+    r = subprocess.run([sys.executable, "-m", "launcher.cli", "check", "--cluster", str(prof),
+                        "--lm-eval", "ja_leaderboard_marc_ja"], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, **OFFLINE, "HF_TOKEN": "hf_x"}, timeout=600)
+    assert r.returncode == 2
+    assert "--lm-eval ja_leaderboard_marc_ja" in r.stderr and f"HF_HOME={tmp_path / 'hf_cache'}" in r.stderr
