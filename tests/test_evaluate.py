@@ -113,6 +113,27 @@ def english_jsonl() -> Path:
     return dest
 
 
+def _short_jsonl(src: Path, dest: Path, n: int, max_chars: int = 400) -> Path:
+    """The first ``n`` documents of ``src`` cut to ``max_chars``: CPU time goes into the 128,256-way logits."""
+    rows = [json.loads(x) for x in src.read_text(encoding="utf-8").splitlines()[:n]]
+    dest.write_text("".join(json.dumps({"text": r["text"][:max_chars]}, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory, japanese_jsonl: Path, english_jsonl: Path,
+               llama31_tokenizer_dir: Path) -> dict[str, str]:
+    """Short held-out Japanese and English JSONL, and the Japanese one tokenized by the data stage (a prefix)."""
+    from launcher.data import tokenize_jsonl
+
+    d = tmp_path_factory.mktemp("heldout")
+    ja = _short_jsonl(japanese_jsonl, d / "ja.jsonl", 3)
+    en = _short_jsonl(english_jsonl, d / "en.jsonl", 3)
+    res = tokenize_jsonl([str(ja)], str(llama31_tokenizer_dir), str(d / "ja_tok"), workers=1)
+    return {"ja": str(ja), "en": str(en), "jatok": res.outputs["text"]}
+
+
 def _load(path: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -144,6 +165,7 @@ def test_perplexity_equals_transformers_own_loss(models: dict[str, Path], japane
     model, tok = _load(models["cpt"])
     docs = documents(DataItem("ja", str(japanese_jsonl)), tok, 6)
     assert len(docs) == 6 and docs[0][0] == 128000  # BOS, then the text
+    docs = [d[:200] for d in docs]  # some paragraphs are 6,000 tokens: too slow for a CPU test
     got = perplexity(model, docs, max_length=max_length, batch_size=batch_size, device="cpu", quiet=True)
     want, n = _reference_ppl(model, docs, max_length)
     assert got.tokens == n == sum(len(d) - 1 for d in docs)
@@ -189,13 +211,12 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           cwd=REPO, env={**os.environ, **OFFLINE, **(env or {})}, timeout=900)
 
 
-def test_evaluate_cpt_beside_base_writes_the_documented_json(models: dict[str, Path], japanese_jsonl: Path,
-                                                            english_jsonl: Path, japanese_token_prefix: str,
+def test_evaluate_cpt_beside_base_writes_the_documented_json(models: dict[str, Path], small_data: dict[str, str],
                                                             tmp_path: Path) -> None:
     out = tmp_path / "run" / "eval" / "evaluate.json"
     r = _cli("--model-dir", str(models["cpt"]), "--base-model-dir", str(models["base"]),
-             "--data", f"ja={japanese_jsonl}", "--data", f"en={english_jsonl}", "--data", f"jatok={japanese_token_prefix}",
-             "--max-docs", "4", "--max-length", "256", "--max-new-tokens", "4", "--batch-size", "8",
+             *(x for name, path in small_data.items() for x in ("--data", f"{name}={path}")),
+             "--max-docs", "3", "--max-length", "64", "--max-new-tokens", "4", "--batch-size", "8",
              "--output", str(out), "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     d = json.loads(r.stdout)
@@ -224,11 +245,11 @@ def test_evaluate_cpt_beside_base_writes_the_documented_json(models: dict[str, P
     assert len(rows) == 2 * n_prompts and {x["model"] for x in rows} == {"cpt", "base"}
 
 
-def test_evaluate_alone_without_base_and_the_run_dir_default(models: dict[str, Path], japanese_jsonl: Path,
+def test_evaluate_alone_without_base_and_the_run_dir_default(models: dict[str, Path], small_data: dict[str, str],
                                                            tmp_path: Path) -> None:
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "a", "prompt": "日本の首都は？"}\n')
-    r = _cli("--model-dir", str(models["cpt"]), "--data", f"ja={japanese_jsonl}", "--max-docs", "2",
+    r = _cli("--model-dir", str(models["cpt"]), "--data", f"ja={small_data['ja']}", "--max-docs", "2",
              "--max-new-tokens", "3", "--prompts", str(prompts), env={"CPT_RUN_DIR": str(tmp_path / "run")})
     assert r.returncode == 0, r.stderr[-3000:]
     d = json.loads((tmp_path / "run" / "eval" / "evaluate.json").read_text())

@@ -8,8 +8,10 @@ host side of the profile's ``hf_cache`` area (the job sees it at its container p
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, Mapping
 
 from launcher.errors import Problem
@@ -24,6 +26,9 @@ def check_lm_eval_datasets(plan: Any, env: Mapping[str, str], timeout: float = 6
     run_env = {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     if hf is not None:
         run_env["HF_HOME"] = hf.host
+    # this checkout's launcher package, whatever the submitting shell's working directory
+    code = str(Path(__file__).resolve().parents[2])
+    run_env["PYTHONPATH"] = code + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     where = f"HF_HOME={run_env.get('HF_HOME', '~/.cache/huggingface')}"
     try:
         r = subprocess.run([sys.executable, "-m", "launcher.evaluate.harness", "check", ",".join(tasks)],
