@@ -342,6 +342,17 @@ def test_lm_eval_runs_a_local_task_in_process(models: dict[str, Path], tmp_path:
     acc = d["lm_eval"]["tiny_ja_mc"]["acc,none"]
     assert set(acc) == {"cpt", "base"} and all(v * len(ROWS) == round(v * len(ROWS)) for v in acc.values())
     assert d["models"]["cpt"]["lm_eval"]["tiny_ja_mc"]["acc,none"] == acc["cpt"]
+    # the harness loading the model by itself (its own "hf" model) scores the same: what we hand it is the model
+    ref = subprocess.run([sys.executable, "-c", (
+        "import json, sys, lm_eval\n"
+        "from lm_eval.tasks import TaskManager\n"
+        f"r = lm_eval.simple_evaluate(model='hf', model_args='pretrained={models['base']},dtype=float32', "
+        f"tasks=['tiny_ja_mc'], task_manager=TaskManager(include_path=[{str(tasks)!r}]), device='cpu', "
+        "batch_size=4, bootstrap_iters=0, log_samples=False)\n"
+        "print(json.dumps(r['results']['tiny_ja_mc']['acc,none']))")],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **OFFLINE, **env}, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    assert json.loads(ref.stdout.strip().splitlines()[-1]) == acc["base"]
     r = _cli(*common, "--lm-eval", "tiny_ja_mc,ja_leaderboard_marc_ja", env=env)
     assert r.returncode == 2 and "--lm-eval ja_leaderboard_marc_ja: dataset" in r.stderr
     assert "tiny_ja_mc" not in r.stderr.split("fill the HF cache")[0].replace("--lm-eval-include", "")
