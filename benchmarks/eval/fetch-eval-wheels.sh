@@ -2,7 +2,7 @@
 # Downloads the Python 3.12 wheels that lm-evaluation-harness 0.4.13 needs on the H200 GPU machine (no network
 # there) into .whl-eval/ of the project root, for `cpt-launch evaluate --lm-eval ...`. Perplexity and replies need
 # none of them (torch, transformers, numpy, pyyaml and tqdm are on that machine already).
-# usage (in the project root): bash benchmarks/eval/fetch-eval-wheels.sh   -> .whl-eval/ (ignored via .git/info/exclude)
+# usage (in the project root): bash benchmarks/eval/fetch-eval-wheels.sh   -> .whl-eval/ (.gitignore: /.whl*/)
 # An sdist-only package (sqlitedict, word2number, rouge-score) is built into a pure-Python wheel here.
 # On the machine: python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-eval .whl-eval/*.whl
 # then PYTHONPATH=/tmp/site-eval (after any other --target folder: the machine's own packages stay first otherwise).
@@ -12,10 +12,6 @@ plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platfo
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 dir=.whl-eval
 mkdir -p "$dir"
-if [ -d .git ] || [ -f .git ]; then
-  excl=$(git rev-parse --git-path info/exclude)
-  grep -qx "/$dir/" "$excl" 2>/dev/null || echo "/$dir/" >> "$excl"
-fi
 fail=0
 while read -r req; do
   [ -n "$req" ] || continue
