@@ -445,3 +445,23 @@ def test_check_refuses_lm_eval_tasks_whose_datasets_are_not_cached(tmp_path: Pat
                        env={**os.environ, **OFFLINE, "HF_TOKEN": "hf_x"}, timeout=600)
     assert r.returncode == 2
     assert "--lm-eval ja_leaderboard_marc_ja" in r.stderr and f"HF_HOME={tmp_path / 'hf_cache'}" in r.stderr
+
+
+def test_a_tokenizer_with_a_chat_template_gets_it(llama31_tokenizer_dir: Path) -> None:
+    """An Instruct tokenizer's template writes its own BOS; the base tokenizer (no template) gets the plain format."""
+    from transformers import AutoTokenizer
+
+    from launcher.evaluate.replies import PLAIN_FORMAT, prompt_format, render_prompt
+
+    tok = AutoTokenizer.from_pretrained(llama31_tokenizer_dir)
+    assert prompt_format(tok) == "plain"
+    assert render_prompt(tok, "日本の首都は？") == (PLAIN_FORMAT.format(prompt="日本の首都は？"), True)
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+                         "\n\n{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+                         "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+    text, add_special = render_prompt(tok, "日本の首都は？")
+    assert prompt_format(tok) == "chat_template" and add_special is False
+    assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n日本の首都は？<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids[0] == 128000 and ids.count(128000) == 1  # one BOS, the template's
