@@ -63,6 +63,11 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wandb-project", metavar="NAME",
                    help="also log the train stage to this W&B project (WANDB_API_KEY is passed by name; offline "
                         "where the profile says hardware.internet: false)")
+    g.add_argument("--evaluate", choices=("on", "off"), default="on",
+                   help="the evaluate stage after export (default on): perplexity on the validation data and "
+                        "Japanese replies, the CPT model beside the base model, on one GPU")
+    g.add_argument("--lm-eval", metavar="TASKS", help="lm-evaluation-harness tasks for the evaluate stage, "
+                   "comma-separated; their datasets must be in the HF cache (checked before submission)")
     k = p.add_argument_group("parallelism and memory (pin a knob; the planner chooses the rest)")
     k.add_argument("--tp", type=int, help="tensor parallel size")
     k.add_argument("--pp", type=int, help="pipeline parallel size")
@@ -86,7 +91,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def build_parser(tokenize_args: bool = False) -> argparse.ArgumentParser:
+def build_parser(tokenize_args: bool = False, evaluate_args: bool = False) -> argparse.ArgumentParser:
     ap = _Parser(
         prog="cpt-launch",
         description="Continual pretraining of Llama-3.1-8B on Japanese text with NeMo 2: plan, check and submit "
@@ -139,6 +144,11 @@ def build_parser(tokenize_args: bool = False) -> argparse.ArgumentParser:
             raise ConfigError([Problem("error", "tokenize", f"needs the data extra ({e}); fix: pip install -e "
                                                             "'.[data]' (numpy, tokenizers) in this environment")])
         data_cli.add_arguments(tp)
+    ep = sub.add_parser("evaluate", help="perplexity, Japanese replies, harness tasks: CPT model beside base model")
+    if evaluate_args:  # its options live with the stage (launcher/evaluate/cli.py; torch loads only when it runs)
+        from launcher.evaluate import cli as eval_cli
+
+        eval_cli.add_arguments(ep)
     return ap
 
 
@@ -154,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version"):
         args_list.insert(0, "submit")  # `cpt-launch --cluster X` means submit
     try:
-        ap = build_parser(tokenize_args=bool(args_list) and args_list[0] == "tokenize")
+        ap = build_parser(tokenize_args=bool(args_list) and args_list[0] == "tokenize",
+                          evaluate_args=bool(args_list) and args_list[0] == "evaluate")
     except ConfigError as e:
         for p in e.problems:
             print(f"cpt-launch: {p}", file=sys.stderr)
@@ -172,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from launcher.data import cli as data_cli
 
             return int(data_cli.run(args))
+        if args.cmd == "evaluate":
+            from launcher.evaluate import cli as eval_cli
+
+            return int(eval_cli.run(args))
         if args.cmd in ("status", "logs", "cancel", "report"):
             return _run_cmd(args)
         return _plan_cmd(args, original)
@@ -236,6 +251,8 @@ def _overrides(args: argparse.Namespace) -> Any:
         ckpt_keep=args.ckpt_keep, ckpt_async=args.ckpt_async == "on", val_every_n_steps=args.val_every_n_steps,
         resume=resume,
         random_init=args.random_init, wandb_project=args.wandb_project,
+        evaluate=args.evaluate == "on",
+        lm_eval=tuple(t.strip() for t in (args.lm_eval or "").split(",") if t.strip()),
     )
 
 
@@ -379,6 +396,9 @@ def _preflight(plan: Any, args: argparse.Namespace) -> list[Problem]:
     if not dry:
         problems += preflight.check_job_python(plan, dict(os.environ))
         problems += preflight.check_local_gpus(plan, dict(os.environ))
+        from launcher.evaluate.preflight import check_lm_eval_datasets
+
+        problems += check_lm_eval_datasets(plan, dict(os.environ))
         if not getattr(args, "emit_sbatch", None):  # --emit-sbatch may write the scripts far from the cluster
             problems += preflight.check_slurm_request(plan, dict(os.environ))
     return [p for p in problems if p.severity == "error"] + [p for p in problems if p.severity != "error"]

@@ -24,9 +24,9 @@ from launcher.jobspec import BlendPart, ConvertSpec, ExportSpec, JobSpec, Optim,
 from launcher.models import MODELS, ModelSpec
 from launcher.profiles import ClusterProfile
 
-StageName = Literal["download", "convert", "tokenize", "train", "export"]
+StageName = Literal["download", "convert", "tokenize", "train", "export", "evaluate"]
 LauncherKind = Literal["none", "srun", "torchrun"]
-STAGE_ORDER: tuple[StageName, ...] = ("download", "convert", "tokenize", "train", "export")
+STAGE_ORDER: tuple[StageName, ...] = ("download", "convert", "tokenize", "train", "export", "evaluate")
 CODE_MOUNT = "/opt/cpt-launch"  # where the launcher's own source is mounted in the container
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 WANDB_PROJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # W&B refuses / \\ # ? % : in project names
@@ -63,6 +63,8 @@ class Overrides:
     resume: Literal["auto", "resume", "fresh"] = "auto"
     random_init: bool = False  # benchmarks: random weights, no download/convert; the tokenizer from model_dir
     wandb_project: str | None = None  # W&B project of the train stage (NeMo's WandbLogger); None: no W&B
+    evaluate: bool = True  # the evaluate stage after export (--evaluate on|off)
+    lm_eval: tuple[str, ...] = ()  # lm-evaluation-harness tasks the evaluate stage runs (--lm-eval)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class LaunchPlan:
     choice: Any = None  # the planner's PlanChoice (memory estimate, candidates)
     resume: Literal["auto", "resume", "fresh"] = "auto"
     jsonl_inputs: tuple[tuple[str, str], ...] = ()  # (the item as given, JSONL glob as the job sees it)
+    lm_eval_tasks: tuple[str, ...] = ()  # the evaluate stage's --lm-eval tasks (the pre-flight checks their data)
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -199,6 +202,19 @@ def _dataset_name(glob: str) -> str:
     stem = re.sub(r"\.jsonl(\.gz)?$", "", stem)
     stem = re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_") or "all"
     return f"{parent}_{stem}" if parent != "data" else stem
+
+
+def evaluate_items(profile: ClusterProfile, valid_items: list[mix.ValidItem]) -> list[tuple[str, str]]:
+    """The evaluate stage's ``--data NAME=PATH`` items, as the job sees them: the validation sets' JSONL as given
+    (each model tokenizes it with its own tokenizer) and prepared prefixes as prefixes. A set of several items
+    gives NAME, NAME-2, ...: evaluate takes one path per name."""
+    out = []
+    for name, items in mix.group_valid(valid_items):
+        for i, it in enumerate(items):
+            host = it.path if it.path.startswith("/") else posixpath.join(profile.storage.data.host, it.path)
+            host = _strip_bin_idx(host) if is_prefix(host) else host
+            out.append((name if i == 0 else f"{name}-{i + 1}", _to_job_path(host, profile)))
+    return out
 
 
 def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> LaunchPlan:
@@ -416,12 +432,16 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
          [[py, "-m", "recipes.entry", "export", "--jobspec", jobspec_job]],
          "none", {"hf_model": export_host}, None),
     ]
+    specs.append(_evaluate_spec(profile, ov, py, cpu, export_host, model_dir_job, job_run_dir, run_dir,
+                                evaluate_items(profile, valid_items)))
     skipped = {name for name, *_rest, skip in specs if skip}
     stages: list[Stage] = []
     for name, deps, res, cmds, launcher, outputs, skip in specs:
         deps = tuple(x for x in deps if x not in skipped)
         script_path = posixpath.join(run_dir, "scripts", f"{name}.sh")
         stage_env = dict(env)
+        if name == "evaluate":  # no network at job time: the HF libraries read only the cache
+            stage_env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
         if res.kind == "cpu":
             stage_env["CUDA_VISIBLE_DEVICES"] = ""
         else:
@@ -446,7 +466,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
         secrets=tuple(d.secrets), mounts=tuple(profile.mounts()) + ((ctx.code_dir, CODE_MOUNT),) if in_container
         else (), container_image=image, problems=(), memory=choice.memory_json(),
         explanation=choice.explanation, explain_table=getattr(planner, 'format_explain', lambda c: '')(choice), command=ctx.command,
-        choice=choice, resume=ov.resume,
+        choice=choice, resume=ov.resume, lm_eval_tasks=ov.lm_eval if ov.evaluate else (),
         jsonl_inputs=tuple((w, _to_job_path(g, profile)) for w, g, _ in tokenize_jobs),
     )
 
@@ -474,6 +494,34 @@ def _bound_problems(ov: Overrides, model_name: str) -> list[Problem]:
             out.append(Problem("error", "--num-layers", f"num-layers={ov.num_layers}: {model_name} has {full} layers "
                                                         f"(allowed: 1..{full})"))
     return out
+
+
+def _evaluate_spec(profile: ClusterProfile, ov: Overrides, py: str, cpu: int, export_host: str, model_dir_job: str,
+                   job_run_dir: str, run_dir: str, items: list[tuple[str, str]]
+                   ) -> tuple[StageName, tuple[str, ...], Resources, list[list[str]], LauncherKind, dict[str, str],
+                              str | None]:
+    """The evaluate stage: the exported model beside the base model it started from, on one GPU.
+
+    --random-init has no base model (its --model-dir may hold only a tokenizer, and the run did not start from its
+    weights): the stage measures the CPT model alone."""
+    hw = profile.hardware
+    sl = profile.slurm
+    if profile.executor == "slurm":  # one GPU of one node: an evaluation must not hold a whole training node
+        res = Resources("gpu", 1, 1, 1, max(1, cpu // hw.gpus_per_node), sl.time if sl else None,
+                        sl.partition if sl else None)
+    else:
+        res = Resources("gpu", 1, 1, 1, cpu) if hw.gpus_per_node > 0 else Resources("cpu", 1, 1, 0, cpu)
+    out = posixpath.join(run_dir, "eval", "evaluate.json")
+    cmd = [py, "-m", "launcher.cli", "evaluate", "--model-dir", _to_job_path(export_host, profile)]
+    if not ov.random_init:
+        cmd += ["--base-model-dir", model_dir_job]
+    for name, path in items:
+        cmd += ["--data", f"{name}={path}"]
+    if ov.lm_eval:
+        cmd += ["--lm-eval", ",".join(ov.lm_eval)]
+    cmd += ["--output", posixpath.join(job_run_dir, "eval", "evaluate.json")]
+    return ("evaluate", ("export",), res, [cmd], "none", {"evaluation": out},
+            None if ov.evaluate else "--evaluate off")
 
 
 @dataclass(frozen=True)

@@ -738,6 +738,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "tokenize": ("numpy", "tokenizers"),
     "train": ("torch", "nemo", "megatron.core", "lightning"),
     "export": ("torch", "nemo", "megatron.core", "lightning"),
+    "evaluate": ("torch", "transformers"),
 }
 _PROBE = ("import importlib.util as u, sys\n"
           "def ok(m):\n"

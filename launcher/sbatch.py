@@ -18,6 +18,7 @@ entrypoint must do too):
 
 from __future__ import annotations
 
+import re
 import shlex
 from functools import lru_cache
 from pathlib import Path
@@ -69,6 +70,21 @@ def _check_directive(stage: Stage, key: str, value: str) -> str:
     return value
 
 
+def whole_node(plan: LaunchPlan, stage: Stage) -> bool:
+    """A GPU stage that uses every GPU of its nodes (train). The evaluate stage takes one GPU: the profile's
+    exclusive/mem (whole-node settings, mem=0 is all of a node's memory) would hold a training node for it."""
+    return stage.resources.gpus_per_node >= plan.profile.hardware.gpus_per_node
+
+
+def stage_gres(plan: LaunchPlan, stage: Stage) -> str:
+    """--gres of a GPU stage: the profile's (e.g. gpu:h100:8) for whole nodes, its count replaced otherwise."""
+    sl = plan.profile.slurm
+    n = stage.resources.gpus_per_node
+    if sl is None or not sl.gres:
+        return f"gpu:{n}"
+    return sl.gres if whole_node(plan, stage) else re.sub(r"(:\d+)?$", f":{n}", sl.gres, count=1)
+
+
 def sbatch_directives(plan: LaunchPlan, stage: Stage) -> list[str]:
     """The ``#SBATCH`` options of one stage (without the prefix)."""
     sl = plan.profile.slurm
@@ -86,12 +102,13 @@ def sbatch_directives(plan: LaunchPlan, stage: Stage) -> list[str]:
         ("ntasks-per-node", str(r.ntasks_per_node)),
         ("cpus-per-task", str(r.cpus_per_task)),
     ]
+    whole = gpu and whole_node(plan, stage)
     if gpu:
-        opts.append(("gres", sl.gres or f"gpu:{r.gpus_per_node}"))
+        opts.append(("gres", stage_gres(plan, stage)))
     opts.append(("time", r.time or sl.time))
-    if gpu and sl.exclusive:
+    if whole and sl.exclusive:
         opts.append(("exclusive", None))
-    if gpu and sl.mem:
+    if whole and sl.mem:
         opts.append(("mem", sl.mem))
     if sl.qos:
         opts.append(("qos", sl.qos))
@@ -100,7 +117,7 @@ def sbatch_directives(plan: LaunchPlan, stage: Stage) -> list[str]:
     # --output is an absolute host path (Slurm writes it outside any container); append, so the log of a
     # requeued job keeps every attempt.
     opts += [("output", stage.log_path), ("open-mode", "append")]
-    if gpu:
+    if whole:  # the trainer: checkpoint on SIGUSR1, requeue (a one-GPU evaluate job just runs again by hand)
         opts += [("requeue", None), ("signal", f"B:USR1@{sl.signal_seconds}"),
                  # at most one job of this name runs at a time: two jobs never write one checkpoint directory
                  ("dependency", "singleton")]
@@ -166,9 +183,10 @@ def _how_to_submit(stage: Stage) -> str:
 
 
 def render_sbatch(plan: LaunchPlan, stage: Stage) -> str:
-    """The sbatch script of one stage: train.sbatch.j2 for the GPU step, stage.sbatch.j2 for CPU stages."""
+    """The sbatch script of one stage: train.sbatch.j2 for the GPU step on whole nodes, stage.sbatch.j2 for one
+    task (the CPU stages, and evaluate on one GPU)."""
     sl = plan.profile.slurm
-    gpu = stage.resources.kind == "gpu"
+    gpu = stage.resources.kind == "gpu" and whole_node(plan, stage)
     ctx: dict[str, Any] = dict(
         version=__version__,
         what=f"stage '{stage.name}'",
@@ -185,6 +203,7 @@ def render_sbatch(plan: LaunchPlan, stage: Stage) -> str:
         marker_job_q=shlex.quote(config_error_marker(plan, stage, "job")),
         max_requeues=sl.max_requeues if sl else 0,
         profile_source=Path(plan.profile.source).name or plan.cluster,
+        gpus=stage.resources.gpus_per_node if stage.resources.kind == "gpu" else 0,
     )
     return str(_env().get_template("train.sbatch.j2" if gpu else "stage.sbatch.j2").render(**ctx))
 
@@ -196,7 +215,7 @@ def render_submit_all(plan: LaunchPlan) -> str:
     for s in plan.active_stages:
         deps = [d for d in s.depends_on if d in active]
         dep = ("afterok:" + ":".join("${%s_id}" % d for d in deps)) if deps else ""
-        if s.resources.kind == "gpu":
+        if s.resources.kind == "gpu" and whole_node(plan, s):
             # on the command line --dependency replaces the script's #SBATCH one: keep singleton
             dep = f"{dep},singleton" if dep else "singleton"
         rows.append({"name": s.name, "var": f"{s.name}_id", "dependency": dep})

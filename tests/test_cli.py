@@ -26,9 +26,9 @@ def test_dry_run_prints_summary_then_every_script() -> None:
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert out.startswith("cpt-launch 0.1.0 plan: run demo on dgx-h100 (slurm), 4 node(s) x 8 GPU = 32 GPU(s)")
-    for stage in ("download", "convert", "tokenize", "train", "export"):
+    for stage in ("download", "convert", "tokenize", "train", "export", "evaluate"):
         assert f"# ===== stage {stage}: /lustre/cpt/runs/demo/scripts/{stage}.sh =====" in out
-    assert out.count("set -euo pipefail") == 5
+    assert out.count("set -euo pipefail") == 6
 
 
 def test_json_has_the_documented_keys() -> None:
@@ -40,7 +40,7 @@ def test_json_has_the_documented_keys() -> None:
     assert (d["run"], d["cluster"], d["nodes"], d["gpus"]) == ("demo", "dgx-h100", 4, 32)
     p = d["parallelism"]
     assert p["tp"] * p["pp"] * p["cp"] * p["dp"] == 32 and p["gbs"] % (p["mbs"] * p["dp"]) == 0
-    assert [s["name"] for s in d["stages"]] == ["download", "convert", "tokenize", "train", "export"]
+    assert [s["name"] for s in d["stages"]] == ["download", "convert", "tokenize", "train", "export", "evaluate"]
     assert all({"name", "depends_on", "script"} <= set(s) for s in d["stages"])
     assert set(d["memory"]) >= {"predicted_peak_gib", "capacity_gib", "fits", "strategy"}
     assert "hf_shouldNotAppear" not in r.stdout + r.stderr

@@ -49,7 +49,8 @@ def test_stage_runs_inside_a_docker_container(docker_image: str, tmp_path: Path)
     st = json.loads(subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(run_dir), "--json"],
                                    capture_output=True, text=True, cwd=REPO, check=True).stdout)
     states = {n: s["state"] for n, s in st["stages"].items()}
-    assert states == {"download": "COMPLETED", "convert": "FAILED", "train": "CANCELLED", "export": "CANCELLED"}
+    assert states == {"download": "COMPLETED", "convert": "FAILED", "train": "CANCELLED", "export": "CANCELLED",
+                      "evaluate": "CANCELLED"}
     log = (run_dir / "logs" / "download.log").read_text()
     # the path is the container's: the stage really ran inside the container, on the mounted model dir
     assert "/workspace/models/Llama-3.1-8B already holds a complete model" in log

@@ -29,7 +29,7 @@ def test_four_dgx_nodes_have_32_gpus_and_a_consistent_split() -> None:
     par = p.parallelism
     assert p.gpus == 32 and par.tp * par.pp * par.cp * par.dp == 32
     assert par.gbs == 1024 and par.gbs % (par.mbs * par.dp) == 0
-    assert [s.name for s in p.stages] == ["download", "convert", "tokenize", "train", "export"]
+    assert [s.name for s in p.stages] == ["download", "convert", "tokenize", "train", "export", "evaluate"]
 
 
 @pytest.mark.parametrize("nodes", [1, 2, 4, 8])
@@ -61,6 +61,9 @@ def test_cpu_stages_hold_no_gpus_and_train_holds_all() -> None:
         if s.name == "train":
             assert (s.resources.kind, s.resources.nodes, s.resources.gpus_per_node) == ("gpu", 4, 8)
             assert s.resources.ntasks_per_node == 8 and s.resources.partition == "batch"
+        elif s.name == "evaluate":  # one GPU of one node, whatever the train stage holds
+            assert (s.resources.kind, s.resources.nodes, s.resources.gpus_per_node) == ("gpu", 1, 1)
+            assert s.resources.ntasks_per_node == 1 and s.resources.partition == "batch"
         else:
             assert (s.resources.kind, s.resources.gpus_per_node, s.resources.nodes) == ("cpu", 0, 1)
             assert s.resources.partition == "cpu"
@@ -70,7 +73,7 @@ def test_cpu_stages_hold_no_gpus_and_train_holds_all() -> None:
 def test_dependencies_chain_the_pipeline() -> None:
     deps = {s.name: s.depends_on for s in plan().stages}
     assert deps == {"download": (), "convert": ("download",), "tokenize": ("download",),
-                    "train": ("convert", "tokenize"), "export": ("train",)}
+                    "train": ("convert", "tokenize"), "export": ("train",), "evaluate": ("export",)}
 
 
 def test_jsonl_data_is_tokenized_and_prefixes_skip_the_stage() -> None:
@@ -251,7 +254,9 @@ def test_the_device_benchmark_profile_plans_the_benchmark_run() -> None:
     assert (par.tp, par.pp, par.cp, par.dp, par.mbs, par.gbs) == (1, 1, 1, 1, 1, 8)
     assert t.random_init and t.num_layers == 8 and t.attention == "sdpa" and not t.optimizer_offload
     assert t.train_data == ["/tmp/cpt/data/ja_text_document"] and t.valid_data == ["/tmp/cpt/data/ja_valid_text_document"]
-    assert [s.name for s in p.active_stages] == ["train", "export"]
+    assert [s.name for s in p.active_stages] == ["train", "export", "evaluate"]
+    # random init: no base model to compare with (the run did not start from --model-dir's weights)
+    assert "--base-model-dir" not in p.stage("evaluate").command
 
 
 def test_a_local_model_dir_skips_download_and_names_its_own_converted_checkpoint() -> None:

@@ -67,7 +67,7 @@ def _shellcheck() -> str:
 
 def test_shellcheck_golden_files() -> None:
     files = sorted(GOLDEN.glob("*/*"))
-    assert len(files) == 6 * len(NODES)
+    assert len(files) == 7 * len(NODES)  # six stages and submit_all.sh
     r = subprocess.run([_shellcheck(), "--shell=bash", *map(str, files)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -145,6 +145,7 @@ def test_submit_all_chains_afterok_never_afterany() -> None:
         "tokenize": "afterok:${download_id}",
         "train": "afterok:${convert_id}:${tokenize_id},singleton",
         "export": "afterok:${train_id}",
+        "evaluate": "afterok:${export_id}",  # one GPU, not the trainer: no singleton
     }
     assert "sbatch --parsable" in text
 
@@ -214,9 +215,10 @@ def test_emit_sbatch_writes_scripts_and_submits_nothing(profile_yaml: Path, tmp_
     printed = capsys.readouterr().out.split()
     names = {p.name for p in out.iterdir()}
     assert names == {"download.sbatch", "convert.sbatch", "tokenize.sbatch", "train.sbatch", "export.sbatch",
+                     "evaluate.sbatch",
                      "submit_all.sh"}
     run_dir = tmp_path / "runs" / "r1"
-    for s in ("download", "convert", "tokenize", "train", "export"):
+    for s in ("download", "convert", "tokenize", "train", "export", "evaluate"):
         script = run_dir / "scripts" / f"{s}.sh"
         assert str(script) in printed and script.is_file()
         assert str(script) in (out / f"{s}.sbatch").read_text()  # each sbatch runs its stage script

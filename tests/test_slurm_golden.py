@@ -43,7 +43,7 @@ def test_dgx_h100_pyxis_scripts_match_golden(nodes: int, monkeypatch: pytest.Mon
     submitted: list[str] = []
     real_run = LocalTunnel.run
 
-    order = ["download", "convert", "tokenize", "train", "export"]
+    order = ["download", "convert", "tokenize", "train", "export", "evaluate"]
 
     def stage_of(command: str) -> str:
         found = [n for n in order if re.search(rf"[/._-]{n}(?:[/._-]|$)", command.split()[-1])]
@@ -66,13 +66,13 @@ def test_dgx_h100_pyxis_scripts_match_golden(nodes: int, monkeypatch: pytest.Mon
     plan = build_plan(_profile(), Overrides(nodes=nodes), ctx)
     manifest = NemoRunSlurm().submit(plan, write_run_dir(plan, "nemo-run-slurm"))
     try:
-        assert [r.job_id for r in manifest.stages.values()] == ["1001", "1002", "1003", "1004", "1005"]
+        assert [r.job_id for r in manifest.stages.values()] == ["1001", "1002", "1003", "1004", "1005", "1006"]
         # afterok chaining, in the order nemo_run submitted
         by_stage = {stage_of(c): c for c in submitted}
-        assert sorted(by_stage, key=order.index) == order and len(submitted) == 5
+        assert sorted(by_stage, key=order.index) == order and len(submitted) == 6
         deps = {n: re.findall(r"--dependency=(\S+)", c) for n, c in by_stage.items()}
         assert deps == {"download": [], "convert": ["afterok:1001"], "tokenize": ["afterok:1001"],
-                        "train": ["afterok:1002:1003"], "export": ["afterok:1004"]}
+                        "train": ["afterok:1002:1003"], "export": ["afterok:1004"], "evaluate": ["afterok:1005"]}
         texts = {}
         for name, cmd in by_stage.items():
             script = Path(cmd.split()[-1]).read_text()
@@ -84,6 +84,9 @@ def test_dgx_h100_pyxis_scripts_match_golden(nodes: int, monkeypatch: pytest.Mon
         assert "--container-env HF_TOKEN,WANDB_API_KEY" in train
         assert f"--container-mounts {ROOT}/runs:/results,{ROOT}/models:/models" in train
         assert "#SBATCH --gres" not in texts["download"] and "#SBATCH --partition=cpu" in texts["download"]
+        # evaluate: one GPU of one node, not the whole node the profile's exclusive/mem=0 would hold
+        assert "#SBATCH --gres=gpu:1" in texts["evaluate"] and "#SBATCH --exclusive" not in texts["evaluate"]
+        assert "#SBATCH --mem" not in texts["evaluate"] and "#SBATCH --nodes=1" in texts["evaluate"]
         for name, text in texts.items():
             gold = GOLDEN / f"dgx-h100-{nodes}n-{name}.sbatch"
             if os.environ.get("CPT_UPDATE_GOLDEN"):

@@ -91,7 +91,8 @@ def test_pipeline_runs_in_order_and_stops_at_the_failing_stage(slurm_cluster: An
     states = {n: s["state"] for n, s in st["stages"].items()}
     # tokenize really tokenizes; convert fails on a model that cannot be converted (and says why in the manifest);
     # train and export wait on it with afterok and never run.
-    assert states == {"convert": "FAILED", "tokenize": "COMPLETED", "train": "CANCELLED", "export": "CANCELLED"}, states
+    assert states == {"convert": "FAILED", "tokenize": "COMPLETED", "train": "CANCELLED", "export": "CANCELLED",
+                      "evaluate": "CANCELLED"}, states
     assert sacct_times(ids["train"])[0] in ("None", "Unknown", "")  # never started
     prefix = tmp_path / "data" / "tokenized" / "ja_train_text_document"
     assert prefix.with_suffix(".bin").stat().st_size > 0 and prefix.with_suffix(".idx").stat().st_size > 34
@@ -103,7 +104,7 @@ def test_pipeline_runs_in_order_and_stops_at_the_failing_stage(slurm_cluster: An
     lg2 = cli("logs", str(run_dir), "--stage", "export")
     assert lg2.returncode == 0 and "no log yet" in lg2.stderr
     bad = cli("logs", str(run_dir), "--stage", "trian")
-    assert bad.returncode == 2 and "allowed: convert, tokenize, train, export" in bad.stderr
+    assert bad.returncode == 2 and "allowed: convert, tokenize, train, export, evaluate" in bad.stderr
 
     # the planted token is in no script, manifest, plan, nemo_run file or log
     for f in run_dir.rglob("*"):

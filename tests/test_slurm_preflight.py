@@ -44,7 +44,8 @@ def test_a_request_the_cluster_accepts_passes(slurm_cluster: SlurmCluster, tmp_p
 def test_what_slurm_refuses_is_an_error_before_submission(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     # a partition the cluster does not have: every stage that uses it
     p = check_slurm_request(plan_for(tmp_path, 2, partition="gpux"), dict(os.environ))
-    assert [x.where for x in p] == ["slurm (train stage)"]
+    # the train stage and the one-GPU evaluate stage both use it (two requests, two answers)
+    assert [x.where for x in p] == ["slurm (train stage)", "slurm (evaluate stage)"]
     assert "--partition=gpux" in p[0].message and "Invalid partition name" in p[0].message
     # more nodes than the partition holds (the profile said 16 were allowed)
     p = check_slurm_request(plan_for(tmp_path, 8), dict(os.environ))

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 from launcher.executors.base import TERMINAL, Backend
 from launcher.manifest import Manifest
 from launcher.plan import LaunchPlan, Stage
+from launcher.sbatch import stage_gres, whole_node
 
 
 def slurm_executor_kwargs(plan: LaunchPlan, stage: Stage) -> dict[str, Any]:
@@ -30,9 +31,10 @@ def slurm_executor_kwargs(plan: LaunchPlan, stage: Stage) -> dict[str, Any]:
         nodes=r.nodes,
         ntasks_per_node=r.ntasks_per_node,
         cpus_per_task=r.cpus_per_task,
-        gres=(sl.gres or f"gpu:{prof.hardware.gpus_per_node}") if gpu else None,
-        exclusive=(sl.exclusive or None) if gpu else None,
-        mem=sl.mem if gpu else None,
+        gres=stage_gres(plan, stage) if gpu else None,
+        # whole-node settings only for stages that use whole nodes (not the one-GPU evaluate stage)
+        exclusive=(sl.exclusive or None) if gpu and whole_node(plan, stage) else None,
+        mem=sl.mem if gpu and whole_node(plan, stage) else None,
         qos=sl.qos,
         constraint=sl.constraint,
         srun_args=list(sl.srun_args),
@@ -44,7 +46,7 @@ def slurm_executor_kwargs(plan: LaunchPlan, stage: Stage) -> dict[str, Any]:
         poll_estimated_start_time=False,
         dependency_type="afterok",
     )
-    if gpu and sl.signal_seconds:
+    if gpu and sl.signal_seconds and whole_node(plan, stage):  # the trainer's checkpoint-and-requeue signal
         kw["signal"] = f"USR1@{sl.signal_seconds}"
     if plan.container_image:
         kw["container_image"] = plan.container_image

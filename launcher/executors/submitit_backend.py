@@ -29,7 +29,7 @@ from typing import Any
 from launcher.executors.slurm import SlurmJobs
 from launcher.manifest import Manifest
 from launcher.plan import LaunchPlan, Stage
-from launcher.sbatch import job_name, raw_srun_args, rendezvous_lines, task_command
+from launcher.sbatch import job_name, raw_srun_args, rendezvous_lines, stage_gres, task_command, whole_node
 
 EXIT_CONFIG_ERROR = 2
 
@@ -61,7 +61,7 @@ def submitit_parameters(plan: LaunchPlan, stage: Stage, dependency: str | None) 
     r = stage.resources
     gpu = r.kind == "gpu"
     add: dict[str, Any] = {"open-mode": "append"}
-    if gpu:
+    if gpu and whole_node(plan, stage):
         # submitit's default is USR2 to every step process; our trainers checkpoint on USR1 (as in train.sbatch)
         add["signal"] = f"USR1@{sl.signal_seconds}"
         add["requeue"] = True
@@ -84,10 +84,10 @@ def submitit_parameters(plan: LaunchPlan, stage: Stage, dependency: str | None) 
         slurm_stderr_to_stdout=True,  # one log per task: what `cpt-launch logs` prints
     )
     if gpu:
-        params["slurm_gres"] = sl.gres or f"gpu:{r.gpus_per_node}"
-        if sl.exclusive:
+        params["slurm_gres"] = stage_gres(plan, stage)
+        if sl.exclusive and whole_node(plan, stage):  # not for the one-GPU evaluate stage
             params["slurm_exclusive"] = True
-        if sl.mem:
+        if sl.mem and whole_node(plan, stage):
             params["slurm_mem"] = sl.mem
     if sl.qos:
         params["slurm_qos"] = sl.qos
@@ -142,11 +142,12 @@ class SubmititBackend(SlurmJobs):
         for stage in plan.active_stages:
             deps = [ids[d] for d in stage.depends_on if d in ids]
             dep = ("afterok:" + ":".join(deps)) if deps else ""
-            if stage.resources.kind == "gpu":
+            # the trainer on whole nodes: singleton, the task wrapper, requeue on signal (not the one-GPU evaluate)
+            gpu = stage.resources.kind == "gpu" and whole_node(plan, stage)
+            if gpu:
                 dep = f"{dep},singleton" if dep else "singleton"
             ex = submitit.AutoExecutor(folder=Path(plan.run_dir) / "submitit" / stage.name, cluster="slurm")
             ex.update_parameters(**submitit_parameters(plan, stage, dep or None))
-            gpu = stage.resources.kind == "gpu"
             task = StageTask(command=task_command(plan, stage) if gpu else ["bash", stage.job_script_path],
                              max_requeues=sl.max_requeues if sl else 0, requeue_on_signal=gpu)
             job = ex.submit(task)

@@ -49,3 +49,6 @@ echo "train $train_id"
 export_id=$(submit export --dependency="afterok:${train_id}")
 submitted+=("$export_id")
 echo "export $export_id"
+evaluate_id=$(submit evaluate --dependency="afterok:${export_id}")
+submitted+=("$evaluate_id")
+echo "evaluate $evaluate_id"
