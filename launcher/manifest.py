@@ -198,7 +198,8 @@ def load_manifest(path: Path) -> Manifest:
     return Manifest.from_json(d)
 
 
-_RUN_FIELDS = {"run": str, "cluster": str, "backend": str, "run_dir": str, "created": (int, float), "stages": dict}
+_RUN_FIELDS: dict[str, Any] = {"run": str, "cluster": str, "backend": str, "run_dir": str, "created": (int, float),
+                               "stages": dict}
 _STAGE_FIELDS = {f.name: f for f in dataclasses.fields(StageRecord)}
 
 

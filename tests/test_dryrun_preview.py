@@ -88,7 +88,7 @@ def test_dry_run_lists_the_file_findings_check_would_refuse(capsys: pytest.Captu
     assert {p["where"] for p in seen} <= {p["where"] for p in check["problems"] if p["severity"] == "error"}
     assert any(p["where"].startswith("mount /tmp") or p["where"].startswith("mount /lustre") for p in seen)
     assert seen and all(p["severity"] == "error" for p in seen)
-    assert set(d["submission"]) == {f"{s} (nemo-run)" for s in ("download", "convert", "tokenize", "train",
+    assert set(d["submission"]) == {f"{s} (nemo-run)" for s in ("download", "convert", "tokenize", "train", "evaluate",
                                                                   "export")}
     rc, text = _dry(capsys)
     n = len(seen)
