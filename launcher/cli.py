@@ -8,6 +8,7 @@ Nothing heavy is imported here: nemo_run loads only inside a backend's submit, N
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -269,7 +270,15 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Any:
         free, finished = disk_facts(os.path.join(profile.storage.runs.host, args.run_name or run_name, "checkpoints"))
     ctx = PlanContext(code_dir=CODE_DIR, command="cpt-launch " + shlex.join(argv), run_name=run_name,
                       ckpt_free_bytes=free, ckpt_finished=finished)
-    return build_plan(profile, _overrides(args), ctx)
+    plan = build_plan(profile, _overrides(args), ctx)
+    # prepared prefixes' token counts (their .idx headers, read-only) make the default weights token-proportional
+    # in the plan itself; prefixes not readable from here are resolved by the job at train start
+    from launcher.preflight import prefix_tokens
+
+    tokens = prefix_tokens(plan)
+    if tokens:
+        plan = build_plan(profile, _overrides(args), dataclasses.replace(ctx, prefix_tokens=tokens))
+    return plan
 
 
 def _plan_cmd(args: argparse.Namespace, argv: list[str]) -> int:
