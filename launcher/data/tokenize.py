@@ -705,6 +705,26 @@ def _iter_blocks(path: Path, block_bytes: int) -> Iterator[tuple[bytes, int, int
         raw.close()
 
 
+def _stop_pool(pool: Any) -> None:
+    """Stop the workers, whatever state an interrupt left them in, without hanging.
+
+    The call queue's feeder thread may be blocked writing a block into the pipe (this process holds its read end
+    too, so a full pipe blocks rather than fails); shutdown() would then join that thread forever once the workers
+    are gone (Ctrl-C during `tokenize -j 2` hung > 60 s that way). Its pending data is worthless here: the shards
+    that finished are on disk, the rest is redone on a re-run."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+    queue = getattr(pool, "_call_queue", None)
+    if queue is not None:
+        queue.cancel_join_thread()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 # ------------------------------------------------------------------------------------------ results
 
 
@@ -1014,9 +1034,7 @@ def _tokenize_locked(files: list[Path], spec: TokenizerSpec, keys: tuple[str, ..
         ) from None
     finally:
         if pool is not None:
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
-            pool.shutdown(wait=True, cancel_futures=True)
+            _stop_pool(pool)
         prog.close()
 
     # Merge shards -> final outputs (same bytes as one pass), .bin then .idx, then stats.json.
