@@ -237,3 +237,12 @@ def test_status_finds_a_run_by_name_wherever_its_profile_put_it(tmp_path: Path) 
     r = run("status", plan.run, "--json")  # no --cluster: the profile is a file the CLI does not know
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["run_dir"] == plan.run_dir
+
+
+def test_the_readme_names_every_submit_option() -> None:
+    from launcher.cli import _subparsers, build_parser
+
+    readme = (REPO / "README.md").read_text()
+    options = [o for o in _subparsers(build_parser())["submit"]._option_string_actions
+               if o.startswith("--") and o != "--help"]
+    assert [o for o in options if f"`{o}" not in readme] == []
