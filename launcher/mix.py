@@ -198,9 +198,17 @@ def resolve_train_spec(spec: Any, read_tokens: Callable[[str], int | None] = tok
     """A TrainSpec whose ``train_data`` is Megatron's list for its ``blend``, token counts read where the plan
     left them open (JSONL inputs tokenized after planning, prefixes not looked at by a dry run). A spec whose
     ``train_data`` is already written is returned as it is: what the plan said is what trains."""
-    if spec.train_data or not spec.blend:
+    if not spec.blend:
         return spec
     tokens = [p.tokens if p.tokens is not None else read_tokens(p.prefix) for p in spec.blend]
+    if spec.train_data:  # shares fixed by the plan: only fill in the tokens and epochs the job's log reports
+        run_tokens = spec.max_steps * spec.parallelism.gbs * spec.seq_length
+        shares = [p.share for p in spec.blend]
+        if None in shares or None in tokens:
+            return spec
+        reps = epochs(shares, tokens, run_tokens)
+        return replace(spec, blend=[replace(p, tokens=t, epochs=round(e, 3) if e is not None else None)
+                                    for p, t, e in zip(spec.blend, tokens, reps)])
     shares = resolve_weights([p.weight for p in spec.blend], tokens, [p.prefix for p in spec.blend])
     run_tokens = spec.max_steps * spec.parallelism.gbs * spec.seq_length
     reps = epochs(shares, tokens, run_tokens)

@@ -113,6 +113,20 @@ def test_the_job_resolves_by_token_weights_from_stats_json(tmp_path: Path) -> No
     assert resolve_train_spec(js.train).train_data == [0.5, str(a), 0.5, str(b)]
 
 
+def test_fixed_shares_still_report_tokens_and_epochs_in_the_job(tmp_path: Path) -> None:
+    """Explicit weights: the plan wrote the Megatron list; the job only fills in what its log shows (the GPU run's
+    log said '? tokens, ? epochs')."""
+    a, b = tmp_path / "ja_text_document", tmp_path / "en_text_document"
+    write_indexed(a, [[1] * 30] * 100)
+    write_indexed(b, [[1] * 10] * 100)
+    spec = TrainSpec(blend=[BlendPart(prefix=str(a), weight=0.9, share=0.9), BlendPart(prefix=str(b), weight=0.1,
+                                                                                    share=0.1)],
+                     train_data=[0.9, str(a), 0.1, str(b)], max_steps=10, seq_length=10, parallelism=Parallelism(gbs=10))
+    got = resolve_train_spec(spec)
+    assert got.train_data == [0.9, str(a), 0.1, str(b)]
+    assert [p.tokens for p in got.blend] == [3000, 1000] and [p.epochs for p in got.blend] == [0.3, 0.1]
+
+
 # ------------------------------------------------------------------------------------------------ plan
 
 
