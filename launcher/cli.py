@@ -348,8 +348,9 @@ def _print_plan_text(plan: Any, args: argparse.Namespace, seen: list[Problem]) -
     for s in plan.stages:
         if not s.skip_reason:
             out.write(f"\n# ===== stage {s.name}: {s.script_path} =====\n{s.script}")
-    for title, text in _submissions(plan, args).items():
-        out.write(f"\n# ===== submitted: {title} =====\n{text}")
+    emit = getattr(args, "emit_sbatch", None)
+    for title, text in _submissions(plan, args).items():  # --emit-sbatch: titled by the file it would write
+        out.write(f"\n# ===== {title if emit else 'submitted: ' + title} =====\n{text}")
     n_err = sum(p.severity == "error" for p in seen)
     out.write(f"\n# ===== pre-flight of the files, read-only, from this machine: {n_err} error(s) that would stop "
               f"a submission, {len(seen) - n_err} warning(s) (`cpt-launch check` exits 2 on them) =====\n")

@@ -448,7 +448,7 @@ def build_plan(profile: ClusterProfile, ov: Overrides, ctx: PlanContext) -> Laun
             # read once, when CUDA initialises: set inside the trainer it came too late (7.04 GiB stayed reserved
             # but unallocated at an out-of-memory under the 47 GiB cap); a profile's env may set its own
             stage_env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-            if ov.wandb_project and (not hw.internet or profile.executor == "docker"):
+            if name == "train" and ov.wandb_project and (not hw.internet or profile.executor == "docker"):
                 # no network from the nodes, or a container that secrets are never passed into (executors/local.py):
                 # W&B writes its run under the train log dir; `wandb sync` it later
                 stage_env["WANDB_MODE"] = "offline"

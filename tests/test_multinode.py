@@ -430,6 +430,11 @@ def _cli_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, P
     for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         (model / f).write_text("{}")
     (model / "model.safetensors").write_bytes(b"")  # "complete" for the download stage: it has nothing to do
+    # the profile's data globs must match files (checked before submission); the job's tokenize then fails on
+    # the fake tokenizer.json above
+    (tmp_path / "data" / "ja").mkdir(parents=True)
+    for name in ("train_0.jsonl", "valid_0.jsonl"):
+        (tmp_path / "data" / "ja" / name).write_text('{"text": "日本語の文です。"}\n')
     monkeypatch.setenv("HF_TOKEN", "hf_test_not_a_real_token")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return tmp_path / "test-mn.yaml", model
@@ -452,7 +457,8 @@ def test_cli_pipeline_afterok_status_and_logs(slurm_cluster: SlurmCluster, tmp_p
                                               monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """The whole pipeline through `cpt-launch --backend ...`: download is skipped (--model-dir), tokenize fails
-    (no data here), so train and export never start (afterok); status and logs read the manifest's job ids."""
+    (its tokenizer is fake), so train, export and evaluate never start (afterok); status and logs read the manifest's
+    job ids."""
     from launcher.cli import main
 
     profile, model = _cli_setup(tmp_path, monkeypatch)
@@ -461,7 +467,8 @@ def test_cli_pipeline_afterok_status_and_logs(slurm_cluster: SlurmCluster, tmp_p
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"run {run}"
     ids = {ln.split()[0]: ln.split()[1] for ln in out[1:]}
-    assert set(ids) == {"convert", "tokenize", "train", "export"} and all(i.isdigit() for i in ids.values())
+    assert set(ids) == {"convert", "tokenize", "train", "export", "evaluate"} and all(
+        i.isdigit() for i in ids.values())
     run_dir = tmp_path / "runs" / run
     states = wait_for(lambda: (lambda s: s if all(v in TERMINAL_STATES for v in s.values()) else None)(
         _status(run_dir, capsys)), 100, "every stage to end")

@@ -199,6 +199,9 @@ def profile_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     p = tmp_path / "prof.yaml"
     p.write_text(yaml.safe_dump(d))
     parse_profile(p.read_text(), str(p))
+    (tmp_path / "data" / "ja").mkdir(parents=True)  # the profile's data globs must match files (pre-flight)
+    for name in ("train_0.jsonl", "valid_0.jsonl"):
+        (tmp_path / "data" / "ja" / name).write_text('{"text": "日本語の文です。"}\n')
     monkeypatch.setenv("HF_TOKEN", "hf_test_not_a_real_token")  # the gated-download check wants one
     return p
 

@@ -84,7 +84,7 @@ def test_pipeline_runs_in_order_and_stops_at_the_failing_stage(slurm_cluster: An
     lines = r.stdout.splitlines()
     assert lines[0] == "run pipe"
     ids = {ln.split()[0]: ln.split()[1] for ln in lines[1:]}
-    assert list(ids) == ["convert", "tokenize", "train", "export"]  # download skipped: --model-dir
+    assert list(ids) == ["convert", "tokenize", "train", "export", "evaluate"]  # download skipped: --model-dir
     run_dir = tmp_path / "runs" / "pipe"
 
     st = wait_terminal(run_dir)
