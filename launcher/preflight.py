@@ -363,9 +363,12 @@ def _check_prefix(facts: PreflightFacts, fs: FileSystemView, where: str,
                         "stage (pass the JSONL files to --data) or correct the path")], None
     try:
         info = read_idx(fs, host + ".idx")
+        bin_size = fs.size(host + ".bin")
     except IdxError as e:
         return [Problem("error", where, f"{e}; fix: re-run the tokenize stage")], None
-    bin_size = fs.size(host + ".bin")
+    except OSError as e:  # a directory named like the file, no permission, a vanished mount
+        return [Problem("error", where, f"{shown}: cannot read {e.filename or host}: {e.strerror}; a Megatron "
+                                        "prefix names two files, .bin and .idx")], None
     if bin_size != info.num_tokens * info.itemsize:
         return [Problem("error", where,
                         f"{shown}.bin has {bin_size} bytes but its .idx lists {info.num_tokens} tokens of "

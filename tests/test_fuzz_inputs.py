@@ -338,3 +338,32 @@ def test_a_broken_tokenizer_is_a_clean_error(what: str, content: bytes, tmp_path
                            str(tmp_path / "o" / "x"), "--workers", "1"], capsys, f"{what}={content!r}")
     assert rc == 2 and what in err, err
     assert not list(tmp_path.rglob("*.bin"))
+
+
+# ---- prepared prefixes: check reads their .idx -----------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["idx-is-a-directory", "bin-is-a-directory", "idx-random-bytes", "idx-truncated",
+                                  "idx-empty", "bin-missing", "idx-huge-counts"])
+def test_a_broken_prefix_is_a_clean_error_at_check(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                   ) -> None:
+    import struct
+
+    p = tmp_path / "d" / "x_text_document"
+    p.parent.mkdir()
+    good_header = b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, 4, 1, 2)
+    files = {"idx-is-a-directory": (None, b"\0" * 8), "bin-is-a-directory": (good_header, None),
+             "idx-random-bytes": (os.urandom(64), b"\0" * 8), "idx-truncated": (good_header[:12], b"\0" * 8),
+             "idx-empty": (b"", b""), "bin-missing": (good_header, "missing"),
+             "idx-huge-counts": (b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, 4, 2**60, 2**60), b"")}[case]
+    for suffix, content in zip((".idx", ".bin"), files):
+        f = Path(f"{p}{suffix}")
+        if content is None:
+            f.mkdir()
+        elif content != "missing":
+            f.write_bytes(content)
+    profile = (REPO / "benchmarks" / "train" / "h200-device.yaml").read_text().replace("/tmp/cpt", str(tmp_path))
+    prof = tmp_path / "p.yaml"
+    prof.write_text(profile)
+    rc, _, err = _run_cli(["check", "--cluster", str(prof), "--model", "llama3.2-1b", "--num-layers", "2", "--data",
+                           str(p), "--valid-data", str(p)], capsys, case)
+    assert rc == 2 and str(p) in err, err
