@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     gbs = t.parallelism.gbs
     log = step_log(a.run_dir)
     first = next(r for r in log if r.get("kind") == "train" and r.get("attempt") == 1 and r["step"] == 1)
-    vals = [r for r in log if r.get("kind") == "val" and r.get("val_loss") is not None]
+    # with named validation sets val_loss is the first set's (NeMo's own validation dataset, dm._validation_ds)
+    first_set = t.valid_sets[0].name if getattr(t, "valid_sets", None) else None
+    vals = [r for r in log if r.get("kind") == "val" and r.get("val_loss") is not None
+            and (first_set is None or r.get("set", first_set) == first_set)]
     last_val = max(vals, key=lambda r: (r["step"], r["attempt"]))
     train_ds, val_ds = datasets(spec)
 
