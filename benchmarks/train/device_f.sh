@@ -15,7 +15,7 @@ note() { echo "[$(el)s] $*" | tee -a $R/timeline.txt; }
 kill_run() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' '\n' < $p/environ 2>/dev/null | grep -qx "CPT_RUN_DIR=$1" && kill -9 ${p#/proc/} 2>/dev/null
+    { tr '\0' '\n' < $p/environ; } 2>/dev/null | grep -qx "CPT_RUN_DIR=$1" && kill -9 ${p#/proc/} 2>/dev/null
   done
 }
 RUN=$ROOT/runs/mixr
