@@ -200,8 +200,11 @@ def resolve_train_spec(spec: Any, read_tokens: Callable[[str], int | None] = tok
     ``train_data`` is already written is returned as it is: what the plan said is what trains."""
     if not spec.blend:
         return spec
-    tokens = [p.tokens if p.tokens is not None else read_tokens(p.prefix) for p in spec.blend]
     if spec.train_data:  # shares fixed by the plan: only fill in the tokens and epochs the job's log reports
+        try:
+            tokens = [p.tokens if p.tokens is not None else read_tokens(p.prefix) for p in spec.blend]
+        except (OSError, ValueError, KeyError):  # information only: what trains is already decided
+            return spec
         run_tokens = spec.max_steps * spec.parallelism.gbs * spec.seq_length
         shares = [p.share for p in spec.blend]
         if None in shares or None in tokens:
@@ -209,6 +212,7 @@ def resolve_train_spec(spec: Any, read_tokens: Callable[[str], int | None] = tok
         reps = epochs(shares, tokens, run_tokens)
         return replace(spec, blend=[replace(p, tokens=t, epochs=round(e, 3) if e is not None else None)
                                     for p, t, e in zip(spec.blend, tokens, reps)])
+    tokens = [p.tokens if p.tokens is not None else read_tokens(p.prefix) for p in spec.blend]
     shares = resolve_weights([p.weight for p in spec.blend], tokens, [p.prefix for p in spec.blend])
     run_tokens = spec.max_steps * spec.parallelism.gbs * spec.seq_length
     reps = epochs(shares, tokens, run_tokens)
