@@ -722,7 +722,26 @@ def _stop_pool(pool: Any) -> None:
     queue = getattr(pool, "_call_queue", None)
     if queue is not None:
         queue.cancel_join_thread()
+        _drain(queue)
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _drain(queue: Any, quiet_s: float = 0.3, limit_s: float = 10.0) -> None:
+    """Read what the dead workers never took out of the call queue's pipe, so that a feeder thread blocked on a
+    full pipe finishes its write: the pool's own manager thread joins that feeder when the pool breaks (a killed
+    worker), and would wait forever. Stops once the pipe stays empty for ``quiet_s``."""
+    reader = getattr(queue, "_reader", None)
+    if reader is None:
+        return
+    end = time.monotonic() + limit_s
+    quiet_since = time.monotonic()
+    while time.monotonic() < end and time.monotonic() - quiet_since < quiet_s:
+        try:
+            if reader.poll(0.05):
+                reader.recv_bytes()
+                quiet_since = time.monotonic()
+        except (OSError, EOFError):
+            return
 
 
 # ------------------------------------------------------------------------------------------ results
